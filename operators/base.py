@@ -1,0 +1,119 @@
+"""The continual module contract.
+
+A continual module is a regular `torch.nn.Module` whose `forward(clip)` is the offline computation
+(identical to the torch.nn layer it mirrors, same state dict) and which can also process a stream one
+time step at a time:
+
+- `init_state(batch_size, device, dtype)` makes the explicit state for a batch of streams;
+- `step(x, state) -> (y | None, state)` is the pure step: it reads parameters, never attributes that
+  change, and returns None while the receptive field is still filling (`delay` steps) or between
+  outputs of a temporal stride;
+- `forward_step(x)` / `forward_steps(clip, pad_end=False)` are the stateful convenience API on top,
+  keeping one state inside the module; `forward_steps` is exactly a fold of `forward_step`.
+
+Layout: clips are (B, C, T, ...) and a step input is (B, C, ...). After `delay` steps, the step
+output at time t equals the offline output at index t - delay for a stream zero-padded at its start;
+`forward_steps(clip, pad_end=True)` equals `forward(clip)`.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from operators.state import batch_size_of, clone_state
+
+
+class ContinualModule(nn.Module):
+    """Base class; subclasses implement `forward`, `init_state`, `step` and the temporal properties."""
+
+    # Temporal properties (overridden as properties where they depend on hyperparameters).
+    @property
+    def receptive_field(self) -> int:
+        return 1
+
+    @property
+    def stride(self) -> int:
+        return 1
+
+    @property
+    def padding(self) -> int:
+        return 0
+
+    @property
+    def delay(self) -> int:
+        """Steps consumed before the first output: receptive_field - 1 - padding."""
+        return self.receptive_field - 1 - self.padding
+
+    # Explicit state API -------------------------------------------------------------------------
+    def init_state(
+        self,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Any:
+        """A fresh state for `batch_size` streams at their start (zero padding before frame 0)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init_state")
+
+    def step(self, x: Tensor, state: Any) -> tuple[Optional[Tensor], Any]:
+        """Process one time step (B, C, ...) with an explicit state; returns (output | None, state)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement step")
+
+    # Stateful convenience API --------------------------------------------------------------------
+    def forward_step(self, x: Tensor) -> Optional[Tensor]:
+        """One step with the state kept inside the module (created on first use)."""
+        state = self._internal_state(x)
+        y, state = self.step(x, state)
+        object.__setattr__(self, "_co_state", state)
+        return y
+
+    def forward_steps(self, clip: Tensor, pad_end: bool = False) -> Optional[Tensor]:
+        """Step through every time index of `clip` (B, C, T, ...); outputs stacked along dim 2.
+
+        With `pad_end=True`, `padding` zero steps are appended so that the result equals
+        `forward(clip)` for a module whose state was fresh.
+        """
+        outputs: list[Tensor] = []
+        for t in range(clip.shape[2]):
+            y = self.forward_step(clip[:, :, t])
+            if y is not None:
+                outputs.append(y)
+        if pad_end:
+            zeros = torch.zeros_like(clip[:, :, 0])
+            for _ in range(self.padding):
+                y = self.forward_step(zeros)
+                if y is not None:
+                    outputs.append(y)
+        if not outputs:
+            return None
+        return torch.stack(outputs, dim=2)
+
+    def reset_state(self) -> None:
+        """Forget the internal state: the next step starts a new stream."""
+        object.__setattr__(self, "_co_state", None)
+
+    def get_state(self) -> Any:
+        """A snapshot of the internal state (None before the first step)."""
+        state = self.__dict__.get("_co_state")
+        return None if state is None else clone_state(state)
+
+    def set_state(self, state: Any) -> None:
+        """Continue from a snapshot taken with `get_state` (or a state from `init_state`/`step`)."""
+        object.__setattr__(self, "_co_state", None if state is None else clone_state(state))
+
+    def _internal_state(self, x: Tensor) -> Any:
+        state = self.__dict__.get("_co_state")
+        if state is not None:
+            batch = batch_size_of(state)
+            if batch is not None and batch != x.shape[0]:
+                warnings.warn(
+                    f"{type(self).__name__}: batch size changed from {batch} to {x.shape[0]}; "
+                    "starting a new state (use the explicit state API to keep per-stream states)",
+                    stacklevel=3,
+                )
+                state = None
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return state

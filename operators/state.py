@@ -1,0 +1,165 @@
+"""Generic handling of continual-operator states: stacking streams into a batch, splitting them,
+selecting, resetting, cloning and saving.
+
+Contract for every operator state (see docs/operators.md):
+- a state is a dataclass; its fields are tensors with the batch as dimension 0, host-side Python
+  ints (step counters), nested states, tuples of nested states, or None;
+- counters saturate: once an operator is past its warm-up they only cycle through its stride phase,
+  so two streams in the same phase have equal counters and can be stacked;
+- ring-buffer write positions are tensors (per sample, shape (B,)) so that streams at different
+  positions stack freely and a step never needs a host value.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+
+def _is_state(obj: Any) -> bool:
+    return dataclasses.is_dataclass(obj) and not isinstance(obj, type)
+
+
+def _map_fields(state: Any, fn_tensor: Callable[[Tensor], Any], path: str = "state") -> Any:
+    if state is None or isinstance(state, (int, float, bool, str)):
+        return state
+    if isinstance(state, Tensor):
+        return fn_tensor(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_map_fields(s, fn_tensor, f"{path}[{i}]") for i, s in enumerate(state))
+    if _is_state(state):
+        changes = {
+            f.name: _map_fields(getattr(state, f.name), fn_tensor, f"{path}.{f.name}")
+            for f in dataclasses.fields(state)
+        }
+        return dataclasses.replace(state, **changes)
+    raise TypeError(f"{path}: unsupported state field type {type(state).__name__}")
+
+
+def batch_size_of(state: Any) -> int | None:
+    """The batch size of a state (first dim of its first tensor), or None for a stateless one."""
+    found: list[int] = []
+
+    def visit(t: Tensor) -> Tensor:
+        found.append(t.shape[0])
+        return t
+
+    _map_fields(state, visit)
+    return found[0] if found else None
+
+
+def stack_states(states: Sequence[Any]) -> Any:
+    """One state for a batch made of several streams' states (concatenated along dim 0)."""
+    if not states:
+        raise ValueError("stack_states needs at least one state")
+    return _stack(list(states), "state")
+
+
+def _stack(items: list[Any], path: str) -> Any:
+    first = items[0]
+    if first is None:
+        return None
+    if isinstance(first, Tensor):
+        return torch.cat(items, dim=0)
+    if isinstance(first, (int, float, bool, str)):
+        if any(item != first for item in items[1:]):
+            raise ValueError(
+                f"cannot stack states: {path} differs between streams ({[i for i in items]}); "
+                "their streams are at different warm-up or stride phases. Step them separately, "
+                "or group streams by `state_phase(state)` before stacking."
+            )
+        return first
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([it[i] for it in items], f"{path}[{i}]") for i in range(len(first)))
+    if _is_state(first):
+        return dataclasses.replace(
+            first,
+            **{
+                f.name: _stack([getattr(it, f.name) for it in items], f"{path}.{f.name}")
+                for f in dataclasses.fields(first)
+            },
+        )
+    raise TypeError(f"{path}: unsupported state field type {type(first).__name__}")
+
+
+def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
+    """The state of the batch members at `index` (a new batch, tensors copied)."""
+    idx = torch.as_tensor(index, dtype=torch.long)
+    return _map_fields(state, lambda t: t.index_select(0, idx.to(t.device)))
+
+
+def split_state(state: Any) -> list[Any]:
+    """One state per batch member."""
+    n = batch_size_of(state)
+    if n is None:
+        return [state]
+    return [select_streams(state, [i]) for i in range(n)]
+
+
+def state_phase(state: Any) -> tuple:
+    """The host-side counters of a state: states with equal phases can be stacked."""
+    out: list[Any] = []
+
+    def walk(s: Any) -> None:
+        if isinstance(s, (int, float, bool, str)):
+            out.append(s)
+        elif isinstance(s, (tuple, list)):
+            for item in s:
+                walk(item)
+        elif _is_state(s):
+            for f in dataclasses.fields(s):
+                walk(getattr(s, f.name))
+
+    walk(state)
+    return tuple(out)
+
+
+def clone_state(state: Any) -> Any:
+    """A deep copy that shares no storage with `state` (a snapshot to restore later)."""
+    return _map_fields(copy.copy(state), lambda t: t.clone())
+
+
+def state_to(state: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+    """Move a state to a device and/or cast its floating tensors."""
+
+    def move(t: Tensor) -> Tensor:
+        return t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+
+    return _map_fields(state, move)
+
+
+def state_to_dict(state: Any) -> Any:
+    """A nested dict/list of tensors and ints that `torch.save` stores without pickling classes."""
+    if state is None or isinstance(state, (int, float, bool, str, Tensor)):
+        return state.detach().clone() if isinstance(state, Tensor) else state
+    if isinstance(state, (tuple, list)):
+        return [state_to_dict(s) for s in state]
+    if _is_state(state):
+        return {f.name: state_to_dict(getattr(state, f.name)) for f in dataclasses.fields(state)}
+    raise TypeError(f"unsupported state field type {type(state).__name__}")
+
+
+def state_from_dict(template: Any, data: Any, path: str = "state") -> Any:
+    """Rebuild a state shaped like `template` (e.g. `module.init_state(...)`) from `state_to_dict`."""
+    if template is None or isinstance(template, (int, float, bool, str)):
+        return data
+    if isinstance(template, Tensor):
+        if not isinstance(data, Tensor):
+            raise ValueError(f"{path}: expected a tensor in the saved state, found {type(data).__name__}")
+        return data.to(template.device)
+    if isinstance(template, (tuple, list)):
+        if len(template) != len(data):
+            raise ValueError(f"{path}: saved state has {len(data)} entries, the module expects {len(template)}")
+        return type(template)(state_from_dict(t, d, f"{path}[{i}]") for i, (t, d) in enumerate(zip(template, data)))
+    if _is_state(template):
+        names = [f.name for f in dataclasses.fields(template)]
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise ValueError(f"{path}: saved state lacks fields {missing}; was it saved from another module?")
+        return dataclasses.replace(
+            template, **{n: state_from_dict(getattr(template, n), data[n], f"{path}.{n}") for n in names}
+        )
+    raise TypeError(f"{path}: unsupported state field type {type(template).__name__}")

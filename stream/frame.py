@@ -1,0 +1,50 @@
+"""The message that travels on every edge.
+
+Frames are stamped once at the sensor (stream id, sequence number, capture time) so that latency and
+drop accounting come from the runtime rather than from each node. They are immutable: fan-out shares
+one Frame between consumers, and a node that transforms data emits a new Frame via `derive`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+def now_ns() -> int:
+    """Monotonic clock used for every timestamp in costream (capture, trace, latency)."""
+    return time.monotonic_ns()
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One sample of one sensor stream.
+
+    `data` is a tensor, an ndarray, or a dict of them; `meta` is a small read-only mapping;
+    `trace` holds (node name, monotonic ns) pairs appended as the frame moves through nodes.
+    """
+
+    stream: str
+    seq: int
+    t_capture: int
+    data: Any
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    trace: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, MappingProxyType):
+            object.__setattr__(self, "meta", MappingProxyType(dict(self.meta)))
+
+    def derive(self, data: Any, meta: Mapping[str, Any] | None = None, **changes: Any) -> "Frame":
+        """A new frame for the same (stream, seq, t_capture) carrying `data`; `meta` is merged in."""
+        merged = self.meta if meta is None else MappingProxyType({**self.meta, **meta})
+        return replace(self, data=data, meta=merged, **changes)
+
+    def stamped(self, node: str, t_ns: int | None = None) -> "Frame":
+        """A copy with one more trace entry; used by the runtime, not by nodes."""
+        return replace(self, trace=self.trace + ((node, now_ns() if t_ns is None else t_ns),))
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(stream, seq): the identity used by joins and error reports."""
+        return (self.stream, self.seq)

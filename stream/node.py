@@ -1,0 +1,147 @@
+"""The node contract: sources produce frames, operators map frames to frames, sinks consume them.
+
+A node declares its parameters as a frozen dataclass `Params` (validated from YAML before anything
+starts), does one unit of work per call, and may implement `setup`/`teardown`. The runtime owns the
+loop, the queues, the drop policies and the metrics; nodes never see them.
+
+Minimal examples::
+
+    @register("scale")
+    class Scale(Operator):
+        @dataclass(frozen=True)
+        class Params:
+            factor: float = 2.0
+
+        def process(self, frame):
+            return frame.derive(frame.data * self.params.factor)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
+
+from stream.frame import Frame, now_ns
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Params of a node that takes none."""
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What the runtime tells a node at setup: its name, its device and its input names."""
+
+    name: str
+    device: str = "cpu"
+    inputs: tuple[str, ...] = ()
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("costream.node"))
+
+
+class Node:
+    """Base of all node kinds. Subclass `Source`, `Operator` or `Sink` instead of this."""
+
+    role: ClassVar[str] = "node"
+    Params: ClassVar[type] = NoParams
+    kind: ClassVar[str | None] = None  # set by `register`
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.context: NodeContext = NodeContext(name=type(self).__name__)
+
+    def setup(self, context: NodeContext) -> None:
+        """Load weights, open devices, allocate state. Called once before the first frame."""
+        self.context = context
+
+    def teardown(self) -> None:
+        """Release what setup acquired. Called once, also after errors."""
+
+    @property
+    def name(self) -> str:
+        return self.context.name
+
+
+class Source(Node):
+    """Produces frames. Implement `frames()`; build each frame with `make_frame` so it is stamped."""
+
+    role = "source"
+
+    def __init__(self, params: Any = None) -> None:
+        super().__init__(params)
+        self._next_seq: dict[str, int] = {}
+
+    def frames(self) -> Iterator[Frame]:
+        raise NotImplementedError(f"{type(self).__name__} must implement frames()")
+
+    def make_frame(
+        self,
+        data: Any,
+        stream: str | None = None,
+        *,
+        seq: int | None = None,
+        t_capture: int | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Frame:
+        """Stamp `data` with stream id, the next per-stream sequence number and the capture time."""
+        stream = self.name if stream is None else stream
+        if seq is None:
+            seq = self._next_seq.get(stream, 0)
+        self._next_seq[stream] = seq + 1
+        return Frame(
+            stream=stream,
+            seq=seq,
+            t_capture=now_ns() if t_capture is None else t_capture,
+            data=data,
+            meta=dict(meta or {}),
+        )
+
+    @property
+    def length(self) -> int | None:
+        """Number of frames a finite source will produce, if known (drives the progress bar)."""
+        return None
+
+
+class Operator(Node):
+    """Maps one frame to zero, one or several frames.
+
+    `process` returns a Frame, an iterable of Frames, or None (nothing to emit, e.g. while a continual
+    model fills its receptive field). Operators that can step several streams at once implement
+    `process_batch`, which the runtime calls with up to `max_batch` frames that arrived together.
+    """
+
+    role = "operator"
+
+    def process(self, frame: Frame) -> Frame | Iterable[Frame] | None:
+        raise NotImplementedError(f"{type(self).__name__} must implement process(frame)")
+
+    def process_batch(self, frames: list[Frame]) -> list[Frame]:
+        out: list[Frame] = []
+        for frame in frames:
+            out.extend(as_frames(self.process(frame)))
+        return out
+
+
+class Sink(Node):
+    """Consumes frames (writes, publishes, displays). `process` returns nothing."""
+
+    role = "sink"
+
+    def process(self, frame: Frame) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement process(frame)")
+
+
+def as_frames(result: Frame | Iterable[Frame] | None) -> list[Frame]:
+    """Normalise what `Operator.process` returned into a list of frames."""
+    if result is None:
+        return []
+    if isinstance(result, Frame):
+        return [result]
+    frames = list(result)
+    for item in frames:
+        if not isinstance(item, Frame):
+            raise TypeError(
+                f"process() must return Frame, an iterable of Frame or None; got an item of type "
+                f"{type(item).__name__}. Wrap data with frame.derive(data)."
+            )
+    return frames

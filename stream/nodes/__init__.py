@@ -1,0 +1,1 @@
+"""Built-in node kinds of the runtime (pass-through, synthetic sources, generic sinks)."""

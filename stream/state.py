@@ -1,0 +1,103 @@
+"""Per-stream state for stateful operators: one model instance serves many streams.
+
+A `StreamStates` table creates a stream's state on its first frame, resets it when the stream's
+sequence numbers jump (a gap means the continual state no longer describes the recent past) or on
+request, and evicts streams that have been idle longer than `idle_timeout_s`. The clock is
+injectable so tests need no sleeps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterator, TypeVar
+
+from stream.frame import Frame, now_ns
+
+S = TypeVar("S")
+
+
+@dataclass
+class StreamEntry(Generic[S]):
+    state: S
+    last_seq: int
+    last_seen_ns: int
+    resets: int = 0
+
+
+@dataclass
+class StreamCounters:
+    created: int = 0
+    gap_resets: int = 0
+    explicit_resets: int = 0
+    evicted: int = 0
+
+
+class StreamStates(Generic[S]):
+    """Keyed state table. `factory(stream)` makes a fresh state for a stream."""
+
+    def __init__(
+        self,
+        factory: Callable[[str], S],
+        idle_timeout_s: float | None = 60.0,
+        reset_on_gap: bool = True,
+        clock: Callable[[], int] = now_ns,
+    ) -> None:
+        if idle_timeout_s is not None and idle_timeout_s <= 0:
+            raise ValueError(f"idle_timeout_s must be positive or None, got {idle_timeout_s}")
+        self._factory = factory
+        self._idle_ns = None if idle_timeout_s is None else int(idle_timeout_s * 1e9)
+        self._reset_on_gap = reset_on_gap
+        self._clock = clock
+        self._entries: dict[str, StreamEntry[S]] = {}
+        self.counters = StreamCounters()
+
+    def get(self, frame: Frame) -> S:
+        """The state for `frame.stream`, created or reset as the frame's seq demands."""
+        now = self._clock()
+        self.evict_idle(now)
+        entry = self._entries.get(frame.stream)
+        if entry is None:
+            entry = StreamEntry(self._factory(frame.stream), frame.seq, now)
+            self._entries[frame.stream] = entry
+            self.counters.created += 1
+            return entry.state
+        if self._reset_on_gap and frame.seq != entry.last_seq + 1:
+            entry.state = self._factory(frame.stream)
+            entry.resets += 1
+            self.counters.gap_resets += 1
+        entry.last_seq = frame.seq
+        entry.last_seen_ns = now
+        return entry.state
+
+    def put(self, stream: str, state: S) -> None:
+        """Store a state that a pure step function returned."""
+        self._entries[stream].state = state
+
+    def reset(self, stream: str) -> None:
+        entry = self._entries.get(stream)
+        if entry is not None:
+            entry.state = self._factory(stream)
+            entry.resets += 1
+            self.counters.explicit_resets += 1
+
+    def evict(self, stream: str) -> bool:
+        removed = self._entries.pop(stream, None) is not None
+        self.counters.evicted += int(removed)
+        return removed
+
+    def evict_idle(self, now: int | None = None) -> list[str]:
+        if self._idle_ns is None:
+            return []
+        now = self._clock() if now is None else now
+        stale = [s for s, e in self._entries.items() if now - e.last_seen_ns > self._idle_ns]
+        for stream in stale:
+            self.evict(stream)
+        return stale
+
+    def __contains__(self, stream: str) -> bool:
+        return stream in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._entries))
