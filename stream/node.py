@@ -97,6 +97,11 @@ class Source(Node):
         )
 
     @property
+    def native_rate_hz(self) -> float | None:
+        """The sensor's own frame rate once set up (a video file's fps), used by `rate_hz: native`."""
+        return None
+
+    @property
     def length(self) -> int | None:
         """Number of frames a finite source will produce, if known (drives the progress bar)."""
         return None

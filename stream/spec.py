@@ -65,7 +65,9 @@ class NodeSpec:
     device: str = "cpu"
     on_error: ErrorPolicy = ErrorPolicy.CONTINUE
     join: JoinSpec | None = None  # None: inputs are consumed independently
-    rate_hz: float | None = None  # sources only: pace to this rate (None: free-running)
+    # Sources only: pace to this many frames per second; "native" paces at the source's own rate
+    # (`Source.native_rate_hz`, e.g. a video file's fps); None is free-running.
+    rate_hz: float | str | None = None
     max_batch: int = 1  # operators: step up to this many queued frames at once via process_batch
     location: SourceLocation = field(default_factory=SourceLocation)
 
