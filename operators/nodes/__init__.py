@@ -1,0 +1,1 @@
+"""Runtime node kinds for the model zoo (adapters between `operators` and `stream`)."""

@@ -1,0 +1,118 @@
+"""Generic runtime adapter for continual models: one model instance, many streams.
+
+Each stream (camera, skeleton track, flow) keeps its own continual state, created on its first frame,
+reset on a sequence gap and evicted when idle (`stream.state.StreamStates`). Frames of several
+streams that the runtime hands over together (`process_batch`) are stepped as one batch: streams
+whose states are in the same phase are stacked, stepped once, and split again.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from operators.base import ContinualModule
+from operators.state import split_state, stack_states, state_phase
+from stream.frame import Frame
+from stream.node import NodeContext, Operator
+from stream.state import StreamStates
+
+log = logging.getLogger("costream.operators.nodes")
+
+
+@dataclass(frozen=True)
+class ModelNodeParams:
+    """Parameters every continual-model node accepts (subclasses extend this dataclass)."""
+
+    weights: str | None = None  # path to a checkpoint; None: random init (a warning is logged)
+    idle_timeout_s: float | None = 60.0  # evict a stream's state after this long without frames
+    reset_on_gap: bool = True  # a jump in a stream's seq starts its state afresh
+
+
+class ContinualModelNode(Operator):
+    """Subclasses implement `build_model`, `input_tensor` and `output_data`."""
+
+    Params = ModelNodeParams
+
+    def build_model(self) -> ContinualModule:
+        raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
+
+    def input_tensor(self, frame: Frame) -> Tensor:
+        """One stream's step input without the batch dimension, e.g. (C, H, W) for video."""
+        raise NotImplementedError(f"{type(self).__name__} must implement input_tensor(frame)")
+
+    def output_data(self, frame: Frame, y: Tensor) -> dict[str, Any]:
+        """The data of the emitted frame for one stream's step output `y` (no batch dimension)."""
+        return {"scores": y}
+
+    def output_meta(self, frame: Frame) -> dict[str, Any]:
+        return {"model": type(self).kind or type(self).__name__}
+
+    # Runtime hooks ---------------------------------------------------------------------------
+    def setup(self, context: NodeContext) -> None:
+        super().setup(context)
+        self.device = torch.device(context.device)
+        model = self.build_model().to(self.device).eval()
+        self.model = model
+        self.dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        self.states: StreamStates[Any] = StreamStates(
+            factory=lambda stream: model.init_state(1, device=self.device, dtype=self.dtype),
+            idle_timeout_s=self.params.idle_timeout_s,
+            reset_on_gap=self.params.reset_on_gap,
+        )
+
+    def process(self, frame: Frame) -> list[Frame]:
+        return self.process_batch([frame])
+
+    def process_batch(self, frames: list[Frame]) -> list[Frame]:
+        out: list[Frame] = []
+        for round_frames in _rounds(frames):
+            out.extend(self._step_round(round_frames))
+        return out
+
+    def reset_stream(self, stream: str) -> None:
+        """Forget one stream's state; its next frame starts a new continual state."""
+        self.states.reset(stream)
+
+    # Internals -------------------------------------------------------------------------------
+    def _step_round(self, frames: list[Frame]) -> list[Frame]:
+        """Step frames of distinct streams; streams in the same state phase share one batched step."""
+        groups: dict[tuple, list[tuple[Frame, Any]]] = {}
+        for frame in frames:
+            state = self.states.get(frame)
+            groups.setdefault(state_phase(state), []).append((frame, state))
+        out: list[Frame] = []
+        with torch.inference_mode():
+            for members in groups.values():
+                x = torch.stack([self._prepare(f) for f, _ in members])
+                states = [s for _, s in members]
+                batched = states[0] if len(states) == 1 else stack_states(states)
+                y, new_state = self.model.step(x, batched)
+                new_states = [new_state] if len(members) == 1 else split_state(new_state)
+                for (frame, _), state in zip(members, new_states):
+                    self.states.put(frame.stream, state)
+                if y is None:
+                    continue
+                for i, (frame, _) in enumerate(members):
+                    out.append(frame.derive(self.output_data(frame, y[i]), meta=self.output_meta(frame)))
+        return out
+
+    def _prepare(self, frame: Frame) -> Tensor:
+        x = self.input_tensor(frame)
+        return x.to(device=self.device, dtype=self.dtype, non_blocking=True)
+
+
+def _rounds(frames: list[Frame]) -> list[list[Frame]]:
+    """Split frames into rounds in arrival order where each stream appears at most once per round."""
+    rounds: list[list[Frame]] = []
+    depth: dict[str, int] = {}
+    for frame in frames:
+        level = depth.get(frame.stream, 0)
+        depth[frame.stream] = level + 1
+        if level == len(rounds):
+            rounds.append([])
+        rounds[level].append(frame)
+    return rounds
