@@ -1,0 +1,18 @@
+# The two commands of the README: `make demo` and `make test` (each sets up .venv first).
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/costream run pipelines/demo.yaml --report out/demo-report.json
+
+test: setup
+	.venv/bin/python -m pytest -q
+
+bench: setup
+	.venv/bin/python benchmarks/runtime_overhead.py
+	.venv/bin/python benchmarks/operators_vs_offline.py
+	.venv/bin/python benchmarks/operators_vs_continual_inference.py
+	.venv/bin/python benchmarks/models_vs_offline.py
+	.venv/bin/python benchmarks/zmq_roundtrip.py
