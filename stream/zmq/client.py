@@ -1,0 +1,246 @@
+"""Python client for `costream serve` (and any router `zmq_source`): blocking and asyncio.
+
+Uses a DEALER socket, so several requests can be in flight (`send` then `recv`), replies are matched
+by request id, and a restarted server is reconnected to automatically (a REQ socket would stay stuck
+waiting for a reply that died with the old server).
+
+    with Client("tcp://127.0.0.1:5555") as client:
+        reply = client.request({"image": frame}, stream="cam0")
+        print(reply.arrays["image"].shape, reply.latency)
+
+Reply arrays are read-only numpy views of the received ZeroMQ buffers (no copy); `.copy()` them to
+modify in place.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from stream.frame import now_ns
+from stream.zmq import protocol as P
+from stream.zmq.reply import needs_zero_copy
+from stream.zmq.sockets import CurveClient, configure
+
+
+class ReplyTimeout(TimeoutError):
+    """No reply arrived in time."""
+
+
+class ServerError(RuntimeError):
+    """The server answered with status `error`; `code` is a stable protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"server error [{code}]: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A decoded RESULT: output arrays, meta, per-stage latency (ms) and the echoed identifiers."""
+
+    request_id: Any
+    stream: str | None
+    seq: int | None
+    status: str
+    error: dict | None
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, float] = field(default_factory=dict)
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def raise_for_status(self) -> "Reply":
+        if not self.ok:
+            err = self.error or {}
+            raise ServerError(str(err.get("code", "unknown")), str(err.get("message", "")))
+        return self
+
+
+def parse_reply(parts: list[Any], limits: P.Limits) -> Reply:
+    message = P.decode(parts, limits)
+    h = dict(message.header)
+    return Reply(h.get("request_id"), h.get("stream"), h.get("seq"), str(h.get("status")), h.get("error"),
+                 message.tensors, dict(h.get("meta") or {}), dict(h.get("latency") or {}), h)
+
+
+class _Encoder:
+    """Request ids and per-stream sequence numbers, shared by both clients."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._seq: dict[str, int] = {}
+
+    def frame(self, arrays: Any, stream: str, seq: int | None, t_capture_ns: int | None,
+              meta: Mapping[str, Any] | None, encoding: Mapping[str, str] | None) -> tuple[int, list[Any]]:
+        if not isinstance(arrays, Mapping):
+            arrays = {"input": arrays}
+        if seq is None:
+            seq = self._seq.get(stream, 0)
+        self._seq[stream] = seq + 1
+        request_id = next(self._ids)
+        descriptors, buffers = P.encode_tensors(arrays, encoding)
+        header = {"request_id": request_id, "stream": stream, "seq": seq,
+                  "t_capture_ns": now_ns() if t_capture_ns is None else t_capture_ns,
+                  "meta": dict(meta or {}), "tensors": descriptors}
+        return request_id, [P.pack_header(P.MSG_FRAME, header), *buffers]
+
+    def ping(self) -> tuple[int, list[bytes]]:
+        request_id = next(self._ids)
+        return request_id, [P.pack_header(P.MSG_PING, {"request_id": request_id})]
+
+
+def _socket(context: zmq.Context, endpoint: str, curve: CurveClient | None, hwm: int) -> zmq.Socket:
+    sock = context.socket(zmq.DEALER)
+    configure(sock, hwm=hwm, curve_client=curve)
+    sock.connect(endpoint)
+    return sock
+
+
+class Client:
+    """Blocking client. Not thread-safe: use one per thread."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", curve: CurveClient | None = None,
+                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits()) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.limits = limits
+        self._ctx = zmq.Context()
+        self._sock = _socket(self._ctx, endpoint, curve, hwm)
+        self._enc = _Encoder()
+        self._early: dict[Any, Reply] = {}
+        self._outstanding: set[int] = set()  # sent and neither answered nor given up on
+
+    def send(self, arrays: Any, stream: str = "default", seq: int | None = None, *, t_capture_ns: int | None = None,
+             meta: Mapping[str, Any] | None = None, encoding: Mapping[str, str] | None = None) -> int:
+        """Send one frame (an array or {name: array}); returns its request id for `recv`."""
+        request_id, parts = self._enc.frame(arrays, stream, seq, t_capture_ns, meta, encoding)
+        self._sock.send_multipart(parts, copy=not needs_zero_copy(parts))
+        self._outstanding.add(request_id)
+        return request_id
+
+    def recv(self, request_id: int | None = None, timeout: float | None = None) -> Reply:
+        """The reply to `request_id` (or the next reply); raises ReplyTimeout after `timeout` s."""
+        if request_id is not None and request_id in self._early:
+            return self._early.pop(request_id)
+        if request_id is None and self._early:
+            return self._early.pop(next(iter(self._early)))
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._sock.poll(left_ms, zmq.POLLIN):
+                if request_id is not None:
+                    self._outstanding.discard(request_id)  # a late reply to it will be discarded
+                raise ReplyTimeout(f"no reply from {self.endpoint} within {timeout} s"
+                                   f"{'' if request_id is None else f' for request {request_id}'}; is `costream serve` "
+                                   "running there (and are the CurveZMQ keys right)? Raise `timeout` for slow pipelines")
+            reply = parse_reply(self._sock.recv_multipart(copy=False), self.limits)
+            if reply.request_id is not None and reply.request_id not in self._outstanding:
+                continue  # the answer to a request that already timed out
+            self._outstanding.discard(reply.request_id)
+            if request_id is None or reply.request_id == request_id or reply.request_id is None:
+                return reply
+            self._early[reply.request_id] = reply
+
+    def request(self, arrays: Any, stream: str = "default", seq: int | None = None, timeout: float | None = None,
+                *, check: bool = True, **kwargs: Any) -> Reply:
+        """Send one frame and wait for its reply; raises ServerError on an error reply when `check`."""
+        reply = self.recv(self.send(arrays, stream, seq, **kwargs), timeout)
+        return reply.raise_for_status() if check else reply
+
+    def ping(self, timeout: float | None = None) -> dict[str, int]:
+        """The server's counters (received, accepted, rejected.<code>, dropped_latest, timeouts, ...)."""
+        request_id, parts = self._enc.ping()
+        self._sock.send_multipart(parts)
+        self._outstanding.add(request_id)
+        return dict(self.recv(request_id, timeout).raise_for_status().header.get("stats", {}))
+
+    def send_raw(self, parts: list[bytes]) -> None:
+        """Send arbitrary parts (protocol tests, custom headers)."""
+        self._sock.send_multipart(parts)
+
+    def close(self) -> None:
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client: many concurrent `await request(...)` calls share one DEALER socket."""
+
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", curve: CurveClient | None = None,
+                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits()) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.limits = limits
+        self._ctx = zmq.asyncio.Context()
+        self._sock = _socket(self._ctx, endpoint, curve, hwm)
+        self._enc = _Encoder()
+        self._waiting: dict[Any, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    async def _read(self) -> None:
+        while True:
+            parts = await self._sock.recv_multipart(copy=False)
+            try:
+                reply = parse_reply(parts, self.limits)
+            except P.ProtocolError:
+                continue
+            future = self._waiting.pop(reply.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(reply)
+
+    async def _roundtrip(self, request_id: int, parts: list[Any], timeout: float | None) -> Reply:
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        await self._sock.send_multipart(parts, copy=not needs_zero_copy(parts))
+        timeout = self.timeout if timeout is None else timeout
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            raise ReplyTimeout(f"no reply from {self.endpoint} within {timeout} s for request {request_id}; "
+                               "is `costream serve` running there?") from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def request(self, arrays: Any, stream: str = "default", seq: int | None = None,
+                      timeout: float | None = None, *, check: bool = True, t_capture_ns: int | None = None,
+                      meta: Mapping[str, Any] | None = None, encoding: Mapping[str, str] | None = None) -> Reply:
+        request_id, parts = self._enc.frame(arrays, stream, seq, t_capture_ns, meta, encoding)
+        reply = await self._roundtrip(request_id, parts, timeout)
+        return reply.raise_for_status() if check else reply
+
+    async def ping(self, timeout: float | None = None) -> dict[str, int]:
+        request_id, parts = self._enc.ping()
+        reply = await self._roundtrip(request_id, parts, timeout)
+        return dict(reply.raise_for_status().header.get("stats", {}))
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,305 @@
+"""The costream ZeroMQ wire protocol, version 1 (specified in docs/zmq-protocol.md).
+
+A message is a multipart ZeroMQ message: part 0 is the header, then one raw buffer per tensor.
+The header is an 8-byte binary prefix followed by a UTF-8 JSON object::
+
+    offset 0  4 bytes  magic  b"CSTM"
+    offset 4  uint8    protocol version (1)
+    offset 5  uint8    message type (1 FRAME, 2 RESULT, 3 PING)
+    offset 6  uint16   reserved, little-endian, must be 0
+    offset 8  ...      JSON (UTF-8), the rest of the part
+
+Decoding checks every limit before allocating anything and raises `ProtocolError` with a stable
+`code` that error replies carry. Nothing here is pickled; tensors decode with `np.frombuffer` on the
+received ZeroMQ buffers (no copy).
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zmq
+
+MAGIC = b"CSTM"
+VERSION = 1
+PREFIX = struct.Struct("<4sBBH")  # magic, version, type, reserved
+MSG_FRAME = 1
+MSG_RESULT = 2
+MSG_PING = 3
+MSG_TYPES = {MSG_FRAME: "frame", MSG_RESULT: "result", MSG_PING: "ping"}
+
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<") if np.dtype(name).itemsize > 1 else np.dtype(name)
+    for name in ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+                 "float16", "float32", "float64", "bool")
+}
+ENCODINGS = ("raw", "jpeg", "png")
+_NAMES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # dtype.name is slow on the hot path
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_SCALARS = (str, int, float, bool, type(None))
+
+# Stable error codes carried in error replies (docs/zmq-protocol.md, "Errors").
+BAD_MAGIC = "bad_magic"
+UNSUPPORTED_VERSION = "unsupported_version"
+BAD_TYPE = "bad_message_type"
+MALFORMED_HEADER = "malformed_header"
+PART_COUNT = "part_count_mismatch"
+BAD_DTYPE = "bad_dtype"
+BAD_ENCODING = "bad_encoding"
+BAD_SHAPE = "bad_shape"
+SIZE_MISMATCH = "size_mismatch"
+MESSAGE_TOO_LARGE = "message_too_large"
+TENSOR_TOO_LARGE = "tensor_too_large"
+DECODE_FAILED = "decode_failed"
+OVERLOADED = "overloaded"
+TIMEOUT = "timeout"
+SHUTTING_DOWN = "shutting_down"
+
+
+class ProtocolError(ValueError):
+    """A message that violates the protocol; `code` is one of the stable error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits checked before any allocation (defaults suit 4K RGB frames)."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_tensor_bytes: int = 48 * 1024 * 1024
+    max_tensors: int = 16
+    max_dims: int = 8
+    max_elements: int = 64 * 1024 * 1024
+    max_header_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        for name in ("max_message_bytes", "max_tensor_bytes", "max_tensors", "max_dims", "max_elements",
+                     "max_header_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"limit {name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    encoding: str
+    nbytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape),
+                "encoding": self.encoding, "nbytes": self.nbytes}
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: its type, the JSON header and the tensors (numpy, read-only, zero-copy)."""
+
+    msg_type: int
+    header: Mapping[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    specs: tuple[TensorSpec, ...] = ()
+
+
+def pack_header(msg_type: int, header: Mapping[str, Any]) -> bytes:
+    """Header part: the 8-byte prefix and compact JSON."""
+    body = _JSON.encode(header).encode("utf-8")
+    return PREFIX.pack(MAGIC, VERSION, msg_type, 0) + body
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A C-contiguous numpy array for a numpy array or torch tensor (moved to CPU)."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu().numpy()
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype not in _NAMES:
+        if arr.dtype.byteorder == ">" and arr.dtype.newbyteorder("<") in _NAMES:
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        else:
+            raise TypeError(f"dtype {arr.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray turns 0-d into 1-d)
+
+
+def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | None = None,
+                   quality: int = 90) -> tuple[list[dict[str, Any]], list[Any]]:
+    """Tensor descriptors and buffers (memoryviews of the arrays, no copy for `raw`)."""
+    descriptors: list[dict[str, Any]] = []
+    buffers: list[Any] = []
+    for name, value in arrays.items():
+        arr = to_numpy(value)
+        encoding = (encodings or {}).get(name, "raw")
+        if encoding == "raw":
+            buf: Any = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
+        elif encoding in ("jpeg", "png"):
+            from stream.zmq.images import encode_image
+
+            buf = encode_image(arr, encoding, quality)
+        else:
+            raise ValueError(f"encoding {encoding!r} for tensor {name!r} is unknown; use one of {ENCODINGS}")
+        descriptors.append({"name": str(name), "dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+                            "encoding": encoding, "nbytes": len(buf)})
+        buffers.append(buf)
+    return descriptors, buffers
+
+
+def _buffer_len(part: Any) -> int:
+    return len(part.buffer) if isinstance(part, zmq.Frame) else len(part)
+
+
+def _buffer(part: Any) -> Any:
+    return part.buffer if isinstance(part, zmq.Frame) else part
+
+
+def _check_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(MALFORMED_HEADER, f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
+    """Check the 8-byte prefix and parse the JSON header; returns (message type, header)."""
+    if len(part0) > limits.max_header_bytes:
+        raise ProtocolError(MESSAGE_TOO_LARGE, f"header is {len(part0)} bytes; the limit is "
+                            f"{limits.max_header_bytes} (max_header_bytes)")
+    if len(part0) < PREFIX.size or part0[:4] != MAGIC:
+        raise ProtocolError(BAD_MAGIC, f"part 0 must start with the magic {MAGIC!r}; got {bytes(part0[:4])!r} "
+                            "(is the peer speaking the costream protocol? see docs/zmq-protocol.md)")
+    _, version, msg_type, _ = PREFIX.unpack_from(part0)
+    if version != VERSION:
+        raise ProtocolError(UNSUPPORTED_VERSION, f"protocol version {version} is not supported; this "
+                            f"server speaks version {VERSION}")
+    if msg_type not in MSG_TYPES:
+        raise ProtocolError(BAD_TYPE, f"message type {msg_type} is unknown; expected one of "
+                            f"{sorted(MSG_TYPES)} ({', '.join(MSG_TYPES.values())})")
+    try:
+        header = json.loads(bytes(part0[PREFIX.size:]).decode("utf-8")) if len(part0) > PREFIX.size else {}
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(MALFORMED_HEADER, f"header JSON does not parse: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(MALFORMED_HEADER, f"header JSON must be an object, got {type(header).__name__}")
+    return msg_type, header
+
+
+def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
+    """Validate one tensor descriptor, including overflow-safe size arithmetic (Python ints)."""
+    if not isinstance(item, dict):
+        raise ProtocolError(MALFORMED_HEADER, f"tensors[{index}] must be an object, got {item!r}")
+    name = item.get("name", f"t{index}")
+    dtype = item.get("dtype")
+    encoding = item.get("encoding", "raw")
+    shape = item.get("shape")
+    nbytes = _check_int(item.get("nbytes"), f"tensors[{index}].nbytes")
+    if not isinstance(name, str):
+        raise ProtocolError(MALFORMED_HEADER, f"tensors[{index}].name must be a string, got {name!r}")
+    if dtype not in DTYPES:
+        raise ProtocolError(BAD_DTYPE, f"tensors[{index}] ({name!r}) has dtype {dtype!r}; expected one of "
+                            f"{', '.join(DTYPES)} (little-endian)")
+    if encoding not in ENCODINGS:
+        raise ProtocolError(BAD_ENCODING, f"tensors[{index}] ({name!r}) has encoding {encoding!r}; expected "
+                            f"one of {', '.join(ENCODINGS)}")
+    if not isinstance(shape, list):
+        raise ProtocolError(BAD_SHAPE, f"tensors[{index}] ({name!r}) shape must be a list of integers, "
+                            f"got {shape!r}")
+    if len(shape) > limits.max_dims:
+        raise ProtocolError(BAD_SHAPE, f"tensors[{index}] ({name!r}) has {len(shape)} dimensions; the limit "
+                            f"is {limits.max_dims} (max_dims)")
+    elements = 1
+    for dim in shape:
+        dim = _check_int(dim, f"tensors[{index}].shape entry")
+        if dim < 0:
+            raise ProtocolError(BAD_SHAPE, f"tensors[{index}] ({name!r}) has a negative dimension in {shape}")
+        elements *= dim  # Python ints do not overflow; checked against the limit right after
+        if elements > limits.max_elements:
+            raise ProtocolError(TENSOR_TOO_LARGE, f"tensors[{index}] ({name!r}) shape {shape} exceeds "
+                                f"max_elements={limits.max_elements}")
+    raw_bytes = elements * DTYPES[dtype].itemsize
+    if raw_bytes > limits.max_tensor_bytes or nbytes > limits.max_tensor_bytes:
+        raise ProtocolError(TENSOR_TOO_LARGE, f"tensors[{index}] ({name!r}) needs {max(raw_bytes, nbytes)} "
+                            f"bytes; the limit is {limits.max_tensor_bytes} (max_tensor_bytes)")
+    if encoding == "raw" and nbytes != raw_bytes:
+        raise ProtocolError(SIZE_MISMATCH, f"tensors[{index}] ({name!r}): dtype {dtype} and shape {shape} "
+                            f"need {raw_bytes} bytes but nbytes says {nbytes}")
+    if encoding != "raw" and dtype not in ("uint8", "uint16"):
+        raise ProtocolError(BAD_DTYPE, f"tensors[{index}] ({name!r}): {encoding} images decode to uint8 "
+                            f"(or uint16 for png), not {dtype}")
+    return TensorSpec(name, dtype, tuple(shape), encoding, nbytes)
+
+
+def decode(parts: Sequence[Any], limits: Limits = Limits()) -> Message:
+    """Decode a multipart message (bytes or zmq.Frame parts) after checking every limit."""
+    if not parts:
+        raise ProtocolError(PART_COUNT, "empty message; expected a header part")
+    total = sum(_buffer_len(p) for p in parts)
+    if total > limits.max_message_bytes:
+        raise ProtocolError(MESSAGE_TOO_LARGE, f"message is {total} bytes; the limit is "
+                            f"{limits.max_message_bytes} (max_message_bytes)")
+    part0 = parts[0].bytes if isinstance(parts[0], zmq.Frame) else bytes(parts[0])
+    msg_type, header = parse_prefix(part0, limits)
+    items = header.get("tensors", [])
+    if not isinstance(items, list):
+        raise ProtocolError(MALFORMED_HEADER, f"'tensors' must be a list, got {type(items).__name__}")
+    if len(items) > limits.max_tensors:
+        raise ProtocolError(PART_COUNT, f"{len(items)} tensors; the limit is {limits.max_tensors} (max_tensors)")
+    if len(parts) != 1 + len(items):
+        raise ProtocolError(PART_COUNT, f"header lists {len(items)} tensors, so the message needs "
+                            f"{1 + len(items)} parts; got {len(parts)}")
+    specs = tuple(_tensor_spec(item, i, limits) for i, item in enumerate(items))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ProtocolError(MALFORMED_HEADER, f"tensor names must be unique, got {names}")
+    tensors: dict[str, np.ndarray] = {}
+    for spec, part in zip(specs, parts[1:]):
+        size = _buffer_len(part)
+        if size != spec.nbytes:
+            raise ProtocolError(SIZE_MISMATCH, f"tensor {spec.name!r}: header says nbytes={spec.nbytes} but "
+                                f"its part holds {size} bytes")
+        if spec.encoding == "raw":
+            arr = np.frombuffer(_buffer(part), dtype=DTYPES[spec.dtype]).reshape(spec.shape)
+        else:
+            from stream.zmq.images import decode_image
+
+            arr = decode_image(_buffer(part), spec, limits)
+        tensors[spec.name] = arr
+    return Message(msg_type, header, tensors, specs)
+
+
+def header_field(header: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
+    """A typed optional header field, or a MALFORMED_HEADER error naming it."""
+    value = header.get(name, default)
+    if value is None or value is default:
+        return value
+    if kind is int:
+        return _check_int(value, name)
+    if not isinstance(value, kind):
+        raise ProtocolError(MALFORMED_HEADER, f"header field {name!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON-serialisable entries of a meta mapping, skipping reserved `zmq.` keys."""
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if not isinstance(key, str) or key.startswith("zmq."):
+            continue
+        if isinstance(value, float):
+            if math.isfinite(value):  # NaN and infinities are not JSON
+                out[key] = value
+            continue
+        if isinstance(value, _SCALARS):
+            out[key] = value
+            continue
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[key] = value
+    return out

@@ -1,0 +1,76 @@
+"""Building RESULT messages: pipeline outputs, error replies and stats replies."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from stream.frame import Frame, now_ns
+from stream.zmq import protocol as P
+
+_COPY_THRESHOLD = 64 * 1024  # below this pyzmq copies anyway; above it we send zero-copy
+
+
+def stage_latency_ms(frame: Frame, t_reply: int) -> dict[str, float]:
+    """Per-stage latency from the frame trace: each stamp minus the one before (the first minus the
+    capture time), plus `reply` (last stamp to reply) and `total` (capture to reply), in ms."""
+    latency: dict[str, float] = {}
+    prev = frame.t_capture
+    t_recv = frame.meta.get("zmq.t_recv_ns")
+    if isinstance(t_recv, int):
+        latency["receive"] = (t_recv - prev) / 1e6
+        prev = t_recv
+    for node, t in frame.trace:
+        latency[node] = (t - prev) / 1e6
+        prev = t
+    latency["reply"] = (t_reply - prev) / 1e6
+    latency["total"] = (t_reply - frame.t_capture) / 1e6
+    return latency
+
+
+def frame_arrays(frame: Frame) -> dict[str, Any]:
+    """The tensors a frame's data becomes on the wire: a dict as is, one array under its input name."""
+    data = frame.data
+    if data is None:
+        return {}
+    if isinstance(data, Mapping):
+        return dict(data)
+    return {str(frame.meta.get("zmq.tensor", "output")): data}
+
+
+def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quality: int = 90) -> list[Any]:
+    """Header and buffers of a RESULT for `frame` (status ok)."""
+    descriptors, buffers = P.encode_tensors(frame_arrays(frame), encodings, quality)
+    t_reply = now_ns()
+    header = {
+        "request_id": frame.meta.get("zmq.request_id"),
+        "stream": frame.stream,
+        "seq": frame.seq,
+        "t_capture_ns": frame.t_capture,
+        "t_reply_ns": t_reply,
+        "status": "ok",
+        "error": None,
+        "latency": stage_latency_ms(frame, t_reply),
+        "meta": P.json_safe(frame.meta),
+        "tensors": descriptors,
+    }
+    return [P.pack_header(P.MSG_RESULT, header), *buffers]
+
+
+def error_reply_parts(request_id: Any, code: str, message: str, info: Mapping[str, Any] | None = None) -> list[bytes]:
+    """A RESULT with status error; `info` may carry the request's stream and seq."""
+    info = info or {}
+    header = {"request_id": request_id, "stream": info.get("stream"), "seq": info.get("seq"),
+              "t_reply_ns": now_ns(), "status": "error", "error": {"code": code, "message": message},
+              "latency": {}, "meta": {}, "tensors": []}
+    return [P.pack_header(P.MSG_RESULT, header)]
+
+
+def stats_reply_parts(request_id: Any, stats: Mapping[str, int]) -> list[bytes]:
+    """The answer to a PING: status ok and the source's counters."""
+    header = {"request_id": request_id, "t_reply_ns": now_ns(), "status": "ok", "error": None,
+              "latency": {}, "meta": {}, "stats": dict(stats), "tensors": []}
+    return [P.pack_header(P.MSG_RESULT, header)]
+
+
+def needs_zero_copy(parts: list[Any]) -> bool:
+    return any(len(p) >= _COPY_THRESHOLD for p in parts[1:])

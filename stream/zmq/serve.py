@@ -1,0 +1,158 @@
+"""`costream serve PIPELINE --endpoint ENDPOINT`: a pipeline as a request/reply service.
+
+Two ways to write the pipeline:
+
+* explicit: it has a `zmq_source` with `socket: router` and a `zmq_sink` with `mode: reply`
+  (pipelines/serve_passthrough.yaml); `--endpoint` and the CurveZMQ/limit flags override theirs;
+* wrapped: it has no ZeroMQ nodes; every source is replaced by ONE router source named `requests`
+  (the consumers of the old sources read from it) and every sink is replaced by a reply sink fed by
+  that sink's inputs, so each request is answered with what would have reached the sink.
+
+The CLI engineer wires `costream serve` to `add_arguments` / `run_from_args`; `python -m
+stream.zmq.serve` runs the same command standalone.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+from stream.spec import NodeSpec, PipelineSpec
+from stream.zmq.sink import ZmqSink, ZmqSinkParams
+from stream.zmq.source import ZmqSource, ZmqSourceParams
+
+log = logging.getLogger("costream.zmq.serve")
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pipeline", help="pipeline YAML (router zmq_source + reply zmq_sink, or any pipeline to wrap)")
+    parser.add_argument("--endpoint", default=None, help=f"ROUTER endpoint to bind (default {DEFAULT_ENDPOINT}, "
+                        "or the one in the YAML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                        help="override a node parameter (repeatable)")
+    parser.add_argument("--allow-remote", action="store_true", help="allow binding beyond 127.0.0.1")
+    parser.add_argument("--curve-secret-key", default=None, help="server secret key file (NAME.key_secret)")
+    parser.add_argument("--curve-clients-dir", default=None, help="directory of accepted client public keys")
+    parser.add_argument("--max-message-bytes", type=int, default=None, help="largest accepted message")
+    parser.add_argument("--max-tensor-bytes", type=int, default=None, help="largest accepted tensor")
+    parser.add_argument("--reply-timeout", type=float, default=None, help="seconds before a `timeout` error reply")
+    parser.add_argument("--queue", choices=("bounded", "latest"), default=None,
+                        help="latest: keep only the newest waiting request per client and stream")
+    parser.add_argument("--report", default=None, help="write the run report JSON here when the server stops")
+
+
+def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    for arg, field in (("endpoint", "endpoint"), ("curve_secret_key", "curve_secret_key"),
+                       ("curve_clients_dir", "curve_clients_dir"), ("max_message_bytes", "max_message_bytes"),
+                       ("max_tensor_bytes", "max_tensor_bytes"), ("reply_timeout", "reply_timeout_s"),
+                       ("queue", "queue")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            changes[field] = value
+    if getattr(args, "allow_remote", False):
+        changes["allow_remote"] = True
+    return changes
+
+
+def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> PipelineSpec:
+    """The spec to serve: the explicit router/reply nodes updated, or the pipeline wrapped."""
+    routers = [n for n in spec.nodes if n.node_class is ZmqSource and n.params.socket == "router"]
+    replies = [n for n in spec.nodes if n.node_class is ZmqSink and n.params.mode == "reply"]
+    if routers or replies:
+        if len(routers) != 1 or not replies:
+            raise ValueError(f"pipeline {spec.name!r}: serving needs exactly one zmq_source with socket: router and "
+                             f"at least one zmq_sink with mode: reply; found {len(routers)} and {len(replies)}")
+        params = dataclasses.replace(routers[0].params, **source_changes)
+        nodes = []
+        for node in spec.nodes:
+            if node is routers[0]:
+                node = dataclasses.replace(node, params=params)
+            elif node in replies:
+                node = dataclasses.replace(node, params=dataclasses.replace(node.params, endpoint=params.endpoint))
+            nodes.append(node)
+        return dataclasses.replace(spec, nodes=tuple(nodes))
+    return wrap(spec, ZmqSourceParams(**{"endpoint": DEFAULT_ENDPOINT, **source_changes}))
+
+
+def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "requests") -> PipelineSpec:
+    """Replace the sources by one router source and the sinks by reply sinks on their inputs."""
+    sources = {n.name for n in spec.nodes if n.role == "source"}
+    if source_name in {n.name for n in spec.nodes}:
+        raise ValueError(f"pipeline {spec.name!r} already has a node named {source_name!r}; rename it to serve it")
+    nodes: list[NodeSpec] = [NodeSpec(name=source_name, kind="zmq_source", node_class=ZmqSource, params=params)]
+    for node in spec.nodes:
+        if node.role == "source":
+            continue
+        inputs = tuple(dataclasses.replace(i, source=source_name) if i.source in sources else i for i in node.inputs)
+        if inputs and len({i.source for i in inputs}) < len(inputs):  # two old sources fed one join
+            raise ValueError(f"pipeline {spec.name!r}: node {node.name!r} joins several sources; a served pipeline "
+                             "gets one request stream, so write it with explicit zmq nodes instead")
+        if node.role == "sink":
+            node = dataclasses.replace(node, kind="zmq_sink", node_class=ZmqSink, inputs=inputs, join=None,
+                                       params=ZmqSinkParams(mode="reply", endpoint=params.endpoint))
+        else:
+            node = dataclasses.replace(node, inputs=inputs)
+        nodes.append(node)
+    if not any(n.node_class is ZmqSink for n in nodes):
+        raise ValueError(f"pipeline {spec.name!r} has no sink whose inputs could be replied to")
+    return dataclasses.replace(spec, nodes=tuple(nodes))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C/SIGTERM; 0 on a clean stop, 1 on a fatal pipeline error, 2 on a config error."""
+    from stream.config import ConfigError, load_pipeline
+    from stream.executor import LocalExecutor, PipelineStartError
+
+    try:
+        spec = serving_spec(load_pipeline(args.pipeline, overrides=args.overrides), _source_overrides(args))
+    except (ConfigError, ValueError, TypeError) as exc:
+        print(f"costream serve: {exc}", file=sys.stderr)
+        return 2
+    executor = LocalExecutor(spec, free_running=True)
+    try:
+        executor.start()
+    except PipelineStartError as exc:
+        print(f"costream serve: {exc}", file=sys.stderr)
+        return 2
+
+    def stop(*_: Any) -> None:
+        executor.request_stop("serve stopped")
+        for node in executor.nodes.values():
+            if isinstance(node, ZmqSource):
+                node.stop()  # wakes frames() out of its poll loop
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    endpoint = next(n.params.endpoint for n in spec.nodes if n.node_class is ZmqSource)
+    log.warning("serving pipeline %r on %s (Ctrl-C to stop)", spec.name, endpoint)
+    try:
+        report = executor.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.report:
+        report.write_json(args.report)
+    if report.fatal_error is not None:
+        print(f"costream serve: pipeline stopped on a fatal error: {report.fatal_error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="costream serve", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return run_from_args(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

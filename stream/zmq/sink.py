@@ -1,0 +1,151 @@
+"""`zmq_sink`: pipeline results to other processes (PUB, PUSH, or replies on a source's ROUTER).
+
+In `reply` mode the sink never touches the ROUTER socket: it PUSHes each reply over inproc to the
+thread of the `zmq_source` serving `endpoint` (looked up in `stream.zmq.hub.HUB`), which forwards
+it to the requesting client. Large buffers are sent zero-copy.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
+
+import zmq
+
+from stream.frame import Frame
+from stream.node import NodeContext, Sink
+from stream.zmq.hub import HUB, ReplyHub
+from stream.zmq.reply import needs_zero_copy, result_parts
+from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
+
+log = logging.getLogger("costream.zmq")
+
+
+@dataclass(frozen=True)
+class ZmqSinkParams:
+    mode: Literal["pub", "push", "reply"] = "reply"  # reply: answer the requests of a router zmq_source
+    endpoint: str | None = None  # pub/push: where to bind/connect; reply: the router source's endpoint
+    bind: bool = True  # pub/push only
+    allow_remote: bool = False  # pub/push: bind beyond loopback
+    queue: Literal["latest", "bounded"] = "bounded"  # latest: drop a result rather than wait for the peer
+    hwm: int = 64  # ZeroMQ send high-water mark (messages)
+    send_timeout_ms: int = 1000  # bounded mode: wait at most this long for room, then count a drop
+    encoding: Literal["raw", "jpeg", "png"] = "raw"  # how uint8 images are sent
+    jpeg_quality: int = 90  # 0..100, with encoding: jpeg
+    curve_secret_key: str | None = None  # this side's NAME.key_secret (CurveZMQ)
+    curve_clients_dir: str | None = None  # bind: accepted client public keys
+    curve_server_key: str | None = None  # connect: the server's NAME.key
+
+    def __post_init__(self) -> None:
+        if self.mode != "reply" and not self.endpoint:
+            raise ValueError(f"zmq_sink in {self.mode} mode needs an endpoint, e.g. tcp://127.0.0.1:5556")
+        if self.hwm < 1 or self.send_timeout_ms < 0:
+            raise ValueError(f"hwm must be >= 1 and send_timeout_ms >= 0, got {self.hwm}, {self.send_timeout_ms}")
+        if not 0 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 0..100, got {self.jpeg_quality}")
+
+
+class ZmqSink(Sink):
+    """Sends each frame as a costream RESULT message; see docs/zmq-protocol.md."""
+
+    Params = ZmqSinkParams
+
+    def __init__(self, params: ZmqSinkParams | None = None, hub: ReplyHub = HUB) -> None:
+        super().__init__(params)
+        self._hub = hub
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._auth = None
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+
+    def setup(self, context: NodeContext) -> None:
+        super().setup(context)
+        p: ZmqSinkParams = self.params
+        if p.mode == "reply":
+            return  # the inproc socket is opened on the first frame, in the thread that sends
+        self._ctx = zmq.Context()
+        curve_server = curve_client = None
+        if p.curve_secret_key is not None:
+            if p.bind:
+                curve_server = CurveServer(p.curve_secret_key, p.curve_clients_dir or "")
+                self._auth = start_authenticator(self._ctx, curve_server)
+            else:
+                curve_client = CurveClient(p.curve_secret_key, p.curve_server_key or "")
+        try:
+            self._sock = open_socket(self._ctx, zmq.PUB if p.mode == "pub" else zmq.PUSH, p.endpoint, bind=p.bind,
+                                     allow_remote=p.allow_remote, hwm=p.hwm, curve_server=curve_server,
+                                     curve_client=curve_client)
+            if p.queue == "bounded":
+                self._sock.setsockopt(zmq.SNDTIMEO, p.send_timeout_ms)
+        except Exception:
+            self.teardown()
+            raise
+
+    def _reply_socket(self) -> zmq.Socket:
+        channel = self._hub.lookup(self.params.endpoint)
+        sock = channel.context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 10_000)
+        sock.setsockopt(zmq.LINGER, 500)
+        sock.connect(channel.inproc)
+        return sock
+
+    def process(self, frame: Frame) -> None:
+        p: ZmqSinkParams = self.params
+        encodings = {}
+        if p.encoding != "raw":
+            encodings = {name: p.encoding for name in _image_names(frame)}
+        parts = result_parts(frame, encodings, p.jpeg_quality)
+        copy = not needs_zero_copy(parts)
+        if p.mode == "reply":
+            key = frame.meta.get("zmq.key")
+            if not isinstance(key, int):
+                self._count("unroutable")
+                raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a client to "
+                                 "answer; its input must come from a zmq_source in router mode")
+            if self._sock is None:
+                self._sock = self._reply_socket()
+            parts = [key.to_bytes(8, "little"), *parts]
+            try:
+                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=copy)
+            except zmq.Again:
+                self._count("dropped")
+                return
+        else:
+            flags = zmq.NOBLOCK if p.queue == "latest" else 0
+            try:
+                self._sock.send_multipart(parts, flags, copy=copy)
+            except zmq.Again:  # latest: the peer is behind; bounded: it stayed full for send_timeout_ms
+                self._count("dropped")
+                return
+        self._count("sent")
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.counters[key] += 1
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
+
+    def teardown(self) -> None:
+        if self._sock is not None and not self._sock.closed:
+            self._sock.close(linger=500)
+        self._sock = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+        if self.counters:
+            log.info("%s: %s", self.name, dict(self.counters))
+
+
+def _image_names(frame: Frame) -> list[str]:
+    from stream.zmq.reply import frame_arrays
+
+    return [name for name, arr in frame_arrays(frame).items()
+            if getattr(arr, "dtype", None) is not None and str(arr.dtype) == "uint8" and arr.ndim in (2, 3)]

@@ -1,0 +1,131 @@
+"""Socket set-up shared by the nodes, the server and the client: loopback-only unless allowed,
+bounded high-water marks, heartbeats and reconnect intervals (peer restarts), and CurveZMQ.
+
+CurveZMQ keys are the files `zmq.auth.create_certificates` writes (`NAME.key` public,
+`NAME.key_secret` secret); `generate_keypair` makes them. A server lists the public keys of the
+clients it accepts in a directory; anything else is refused by the ZAP authenticator.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger("costream.zmq")
+
+
+def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write a CurveZMQ key pair `name.key` / `name.key_secret` into `directory`; returns both paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    return Path(public), Path(secret)
+
+
+def check_endpoint(endpoint: str, bind: bool, allow_remote: bool) -> None:
+    """Refuse to bind a TCP endpoint beyond loopback unless `allow_remote` says so."""
+    if not isinstance(endpoint, str) or "://" not in endpoint:
+        raise ValueError(f"endpoint {endpoint!r} is not a ZeroMQ endpoint; expected e.g. tcp://127.0.0.1:5555")
+    transport = endpoint.split("://", 1)[0]
+    if transport not in ("tcp", "ipc", "inproc"):
+        raise ValueError(f"endpoint {endpoint!r}: transport {transport!r} is not supported; use tcp, ipc or inproc")
+    if not bind or transport != "tcp" or allow_remote:
+        return
+    host = urlsplit(endpoint).hostname or ""
+    loopback = host == "localhost"
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback:
+        raise ValueError(f"refusing to bind {endpoint!r}: only loopback (127.0.0.1) is bound by default. "
+                         "To accept other machines set allow_remote: true (--allow-remote) and consider "
+                         "CurveZMQ authentication (curve_secret_key + curve_clients_dir)")
+
+
+@dataclass(frozen=True)
+class CurveServer:
+    """This side's secret key file and the directory of accepted client public keys."""
+
+    secret_key: str
+    clients_dir: str
+
+
+@dataclass(frozen=True)
+class CurveClient:
+    """This side's secret key file and the server's public key file."""
+
+    secret_key: str
+    server_public_key: str
+
+
+def _load_pair(path: str) -> tuple[bytes, bytes]:
+    public, secret = zmq.auth.load_certificate(path)
+    if secret is None:
+        raise ValueError(f"{path} holds no secret key; pass the NAME.key_secret file made by generate_keypair")
+    return public, secret
+
+
+def start_authenticator(context: zmq.Context, curve: CurveServer) -> ThreadAuthenticator:
+    """A ZAP handler on `context` that accepts only clients whose public key is in `clients_dir`."""
+    if not Path(curve.clients_dir).is_dir():
+        raise ValueError(f"curve clients_dir {curve.clients_dir!r} is not a directory of client public keys")
+    auth = ThreadAuthenticator(context, log=logging.getLogger("costream.zmq.auth"))
+    auth.start()
+    auth.configure_curve(domain="*", location=curve.clients_dir)
+    return auth
+
+
+def configure(sock: zmq.Socket, *, hwm: int, max_message_bytes: int | None = None,
+              curve_server: CurveServer | None = None, curve_client: CurveClient | None = None) -> None:
+    """Bounded queues, heartbeats to notice dead peers, fast reconnects, optional CurveZMQ."""
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, 500)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 3000)
+    if max_message_bytes is not None:
+        # Transport-level guard: one part larger than the whole-message limit drops the connection
+        # before the part is allocated. Smaller oversize messages get an error reply instead.
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if curve_server is not None:
+        public, secret = _load_pair(curve_server.secret_key)
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.curve_server = True
+    if curve_client is not None:
+        public, secret = _load_pair(curve_client.secret_key)
+        server_public, _ = zmq.auth.load_certificate(curve_client.server_public_key)
+        sock.curve_publickey = public
+        sock.curve_secretkey = secret
+        sock.curve_serverkey = server_public
+
+
+def open_socket(context: zmq.Context, socket_type: int, endpoint: str, *, bind: bool, allow_remote: bool,
+                hwm: int, max_message_bytes: int | None = None, curve_server: CurveServer | None = None,
+                curve_client: CurveClient | None = None) -> zmq.Socket:
+    """Create, configure and bind or connect a socket."""
+    check_endpoint(endpoint, bind, allow_remote)
+    sock = context.socket(socket_type)
+    try:
+        configure(sock, hwm=hwm, max_message_bytes=max_message_bytes, curve_server=curve_server,
+                  curve_client=curve_client)
+        if socket_type == zmq.ROUTER:
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable replies raise (counted) instead of vanishing
+        if socket_type == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        (sock.bind if bind else sock.connect)(endpoint)
+    except Exception:
+        sock.close(linger=0)
+        raise
+    return sock

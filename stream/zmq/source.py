@@ -1,0 +1,306 @@
+"""`zmq_source`: frames from other processes over ZeroMQ (SUB, PULL or ROUTER; bind or connect).
+
+One thread (the executor's worker iterating `frames()`) owns the data socket. In router mode it also
+polls an inproc PULL socket through which `zmq_sink` (reply mode) hands back replies, forwards them on
+the ROUTER, and answers requests that got no reply within `reply_timeout_s` with a `timeout` error.
+Malformed messages get an error reply (router) or are counted (sub/pull); the source keeps serving.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+import zmq
+
+from stream.frame import Frame, now_ns
+from stream.node import NodeContext, Source
+from stream.zmq import protocol as P
+from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
+from stream.zmq.reply import error_reply_parts, stats_reply_parts
+from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
+
+log = logging.getLogger("costream.zmq")
+_SOCKET_TYPES = {"sub": zmq.SUB, "pull": zmq.PULL, "router": zmq.ROUTER}
+_POLL_MS = 50  # how often a quiet source checks for stop requests and reply timeouts
+
+
+@dataclass(frozen=True)
+class ZmqSourceParams:
+    endpoint: str = "tcp://127.0.0.1:5555"  # where to bind or connect (tcp://, ipc://)
+    socket: Literal["sub", "pull", "router"] = "router"  # router: request/reply with a zmq_sink in reply mode
+    bind: bool | None = None  # None: router and pull bind, sub connects
+    allow_remote: bool = False  # bind beyond loopback
+    queue: Literal["latest", "bounded"] = "bounded"  # latest: keep the newest waiting frame per stream
+    hwm: int = 64  # ZeroMQ high-water mark (messages) of the socket
+    unwrap_single: bool = True  # a message with one tensor becomes an ndarray, not {name: ndarray}
+    reply_timeout_s: float = 5.0  # router: error reply `timeout` when the pipeline produced no reply
+    shutdown_grace_s: float = 2.0  # router: on stop, wait this long for replies to accepted requests
+    max_message_bytes: int = 64 * 1024 * 1024  # larger messages get `message_too_large`
+    max_tensor_bytes: int = 48 * 1024 * 1024  # larger tensors get `tensor_too_large`
+    max_tensors: int = 16  # tensors per message
+    max_dims: int = 8  # dimensions per tensor
+    max_elements: int = 64 * 1024 * 1024  # elements per tensor
+    curve_secret_key: str | None = None  # this side's NAME.key_secret
+    curve_clients_dir: str | None = None  # bind: accepted client public keys
+    curve_server_key: str | None = None  # connect: the server's NAME.key
+
+    def __post_init__(self) -> None:
+        if self.hwm < 1:
+            raise ValueError(f"hwm must be >= 1, got {self.hwm}")
+        if self.reply_timeout_s <= 0 or self.shutdown_grace_s < 0:
+            raise ValueError(f"reply_timeout_s must be positive and shutdown_grace_s >= 0, got "
+                             f"{self.reply_timeout_s} and {self.shutdown_grace_s}")
+        if self.curve_secret_key is not None and self.curve_clients_dir is None and self.curve_server_key is None:
+            raise ValueError("curve_secret_key needs curve_clients_dir (to bind) or curve_server_key (to connect)")
+        _ = self.limits  # Limits.__post_init__ validates the values
+
+    @property
+    def binds(self) -> bool:
+        return self.bind if self.bind is not None else self.socket in ("router", "pull")
+
+    @property
+    def limits(self) -> P.Limits:
+        return P.Limits(self.max_message_bytes, self.max_tensor_bytes, self.max_tensors, self.max_dims,
+                        self.max_elements)
+
+
+class ZmqSource(Source):
+    """Receives costream protocol frames; see docs/zmq-protocol.md."""
+
+    Params = ZmqSourceParams
+
+    def __init__(self, params: ZmqSourceParams | None = None, hub: ReplyHub = HUB) -> None:
+        super().__init__(params)
+        self._hub = hub
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._replies: zmq.Socket | None = None
+        self._auth = None
+        self._registered = False
+        self._pending: OrderedDict[int, tuple[int, bytes, bytes | None, dict]] = OrderedDict()
+        self._next_key = 0
+
+    # lifecycle -------------------------------------------------------------------------------------
+    def setup(self, context: NodeContext) -> None:
+        super().setup(context)
+        p: ZmqSourceParams = self.params
+        self._ctx = zmq.Context()
+        curve_server = curve_client = None
+        if p.curve_secret_key is not None:
+            if p.binds:
+                curve_server = CurveServer(p.curve_secret_key, p.curve_clients_dir or "")
+                self._auth = start_authenticator(self._ctx, curve_server)
+            else:
+                curve_client = CurveClient(p.curve_secret_key, p.curve_server_key or "")
+        try:
+            self._sock = open_socket(self._ctx, _SOCKET_TYPES[p.socket], p.endpoint, bind=p.binds,
+                                     allow_remote=p.allow_remote, hwm=p.hwm, max_message_bytes=p.max_message_bytes,
+                                     curve_server=curve_server, curve_client=curve_client)
+            if p.socket == "router":
+                inproc = ReplyHub.new_inproc_address()
+                self._replies = self._ctx.socket(zmq.PULL)
+                self._replies.bind(inproc)
+                self._hub.register(ReplyChannel(p.endpoint, self._ctx, inproc, self.stop, self.stats))
+                self._registered = True
+        except Exception:
+            self.teardown()
+            raise
+        log.info("%s: %s %s %s", self.name, p.socket, "bound to" if p.binds else "connected to", p.endpoint)
+
+    def stop(self) -> None:
+        """Ask `frames()` to finish within one poll interval (thread-safe)."""
+        self._stop.set()
+
+    def teardown(self) -> None:
+        self._stop.set()
+        if self._registered:
+            self._hub.unregister(self.params.endpoint)
+            self._registered = False
+        for sock in (self._sock, self._replies):
+            if sock is not None and not sock.closed:
+                sock.close(linger=200)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            # A reply sink may still hold an inproc socket in this context; term() waits for it to
+            # close, so it runs off the executor's thread and never delays shutdown.
+            threading.Thread(target=self._ctx.term, name=f"{self.name}-zmq-term", daemon=True).start()
+            self._ctx = None
+        if self.counters:
+            log.info("%s: %s", self.name, dict(self.counters))
+
+    def stats(self) -> dict[str, int]:
+        """Counters (received, accepted, rejected.<code>, dropped_latest, replies, ...); thread-safe."""
+        with self._lock:
+            return dict(self.counters)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.counters[key] += n
+
+    # the loop --------------------------------------------------------------------------------------
+    def frames(self) -> Iterator[Frame]:
+        if self._sock is None:
+            raise RuntimeError(f"{self.name}: frames() called before setup()")
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        if self._replies is not None:
+            poller.register(self._replies, zmq.POLLIN)
+        latest = self.params.queue == "latest"
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(_POLL_MS))
+                if self._replies is not None:
+                    if self._replies in events:
+                        self._forward_replies()
+                    self._expire_pending()
+                if self._sock not in events:
+                    continue
+                batch = self._drain() if latest else [self._accept(self._sock.recv_multipart(copy=False))]
+                for frame in batch:
+                    if frame is not None:
+                        yield frame
+        finally:  # also when the executor closes the generator (max_frames reached, stop requested)
+            if self._replies is not None and self._sock is not None and not self._sock.closed:
+                self._finish_replies()
+
+    def _finish_replies(self) -> None:
+        """Forward the replies of requests already accepted (the pipeline drains them) for up to
+        `shutdown_grace_s`, then answer the rest with `shutting_down`; accept nothing new."""
+        deadline = now_ns() + int(self.params.shutdown_grace_s * 1e9)
+        while self._pending and now_ns() < deadline:
+            if self._replies.poll(_POLL_MS, zmq.POLLIN):
+                self._forward_replies()
+        for key in list(self._pending):
+            self._count("shutdown_unanswered")
+            self._send_error(key, P.SHUTTING_DOWN, "the server stopped before this request was processed; "
+                             "resend it when the server is back")
+
+    def _drain(self) -> list[Frame | None]:
+        """Everything waiting on the socket, keeping only the newest frame per stream (and peer)."""
+        newest: dict[Any, Frame] = {}
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            frame = self._accept(parts)
+            if frame is None:
+                continue
+            key = (frame.meta.get("zmq.peer"), frame.stream)
+            older = newest.pop(key, None)
+            if older is not None:
+                self._count("dropped_latest")
+                if self._replies is not None:
+                    self._send_error(older.meta["zmq.key"], P.OVERLOADED, "a newer frame of stream "
+                                     f"{older.stream!r} arrived before this one was processed (latest-only mode)")
+            newest[key] = frame
+        return list(newest.values())
+
+    def _accept(self, parts: list[zmq.Frame]) -> Frame | None:
+        """Decode one message into a Frame, or answer/count the error and return None."""
+        self._count("received")
+        peer = envelope = None
+        if self._replies is not None:
+            peer = parts[0].bytes
+            parts = parts[1:]
+            if parts and len(parts[0]) == 0:  # a REQ client: keep its empty delimiter for the reply
+                envelope = b""
+                parts = parts[1:]
+        t_recv = now_ns()
+        try:
+            message = P.decode(parts, self.params.limits)
+            header = message.header
+            request_id = header.get("request_id")
+            if message.msg_type == P.MSG_PING:
+                if peer is not None:
+                    self._route(peer, envelope, stats_reply_parts(request_id, self.stats()))
+                return None
+            if message.msg_type != P.MSG_FRAME:
+                raise P.ProtocolError(P.BAD_TYPE, f"a source accepts frame (1) or ping (3) messages, got "
+                                      f"{P.MSG_TYPES[message.msg_type]} ({message.msg_type})")
+            stream = P.header_field(header, "stream", str, "zmq")
+            seq = P.header_field(header, "seq", int, None)
+            t_capture = P.header_field(header, "t_capture_ns", int, None) or t_recv
+            client_meta = P.header_field(header, "meta", dict, {})
+            if request_id is not None and not isinstance(request_id, (int, str)):
+                raise P.ProtocolError(P.MALFORMED_HEADER, f"request_id must be an integer or string, got {request_id!r}")
+        except P.ProtocolError as exc:
+            self._count(f"rejected.{exc.code}")
+            if peer is not None:
+                rid = None
+                try:
+                    rid = P.parse_prefix(parts[0].bytes, self.params.limits)[1].get("request_id") if parts else None
+                except P.ProtocolError:
+                    pass
+                self._route(peer, envelope, error_reply_parts(rid if isinstance(rid, (int, str)) else None,
+                                                              exc.code, exc.message))
+            else:
+                log.debug("%s: rejected a message: %s", self.name, exc)
+            return None
+        meta = {k: v for k, v in client_meta.items() if not str(k).startswith("zmq.")}
+        meta["zmq.t_recv_ns"] = t_recv
+        tensors = message.tensors
+        if self.params.unwrap_single and len(tensors) == 1:
+            (name, data), = tensors.items()
+            meta["zmq.tensor"] = name
+        else:
+            data = tensors
+        if peer is not None:
+            key = self._next_key
+            self._next_key += 1
+            meta.update({"zmq.peer": peer, "zmq.key": key, "zmq.request_id": request_id,
+                         "zmq.endpoint": self.params.endpoint})
+            deadline = t_recv + int(self.params.reply_timeout_s * 1e9)
+            self._pending[key] = (deadline, peer, envelope, {"request_id": request_id, "stream": stream,
+                                                              "seq": seq})
+        self._count("accepted")
+        return self.make_frame(data, stream, seq=seq, t_capture=t_capture, meta=meta)
+
+    # replies (router mode) -------------------------------------------------------------------------
+    def _route(self, peer: bytes, envelope: bytes | None, parts: list[Any]) -> None:
+        head = [peer] if envelope is None else [peer, envelope]
+        try:
+            self._sock.send_multipart(head + parts, zmq.NOBLOCK, copy=False)
+            self._count("replies")
+        except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
+            self._count("replies_unroutable")
+            log.debug("%s: reply to a departed client dropped: %s", self.name, exc)
+
+    def _send_error(self, key: int, code: str, message: str) -> None:
+        entry = self._pending.pop(key, None)
+        if entry is not None:
+            _, peer, envelope, info = entry
+            self._route(peer, envelope, error_reply_parts(info["request_id"], code, message, info))
+
+    def _forward_replies(self) -> None:
+        while True:
+            try:
+                parts = self._replies.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            key = int.from_bytes(parts[0].bytes, "little")
+            entry = self._pending.pop(key, None)
+            if entry is None:  # already answered (timeout) or a second output for one request
+                self._count("replies_late")
+                continue
+            _, peer, envelope, _ = entry
+            self._route(peer, envelope, parts[1:])
+
+    def _expire_pending(self) -> None:
+        now = now_ns()
+        while self._pending:
+            key, (deadline, *_rest) = next(iter(self._pending.items()))
+            if deadline > now:
+                return
+            self._count("timeouts")
+            self._send_error(key, P.TIMEOUT, f"the pipeline produced no reply within {self.params.reply_timeout_s} s "
+                             "(the frame was dropped by a queue, failed in a node, or a node emitted nothing)")
+

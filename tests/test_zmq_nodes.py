@@ -1,0 +1,90 @@
+"""zmq_source / zmq_sink inside a LocalExecutor (PULL in, PUSH out) and their setup errors."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from stream.config import build_pipeline
+from stream.executor import LocalExecutor, PipelineStartError
+from stream.frame import Frame
+from stream.node import NodeContext
+from stream.zmq import protocol as P
+from stream.zmq.hub import ReplyHub
+from stream.zmq.sink import ZmqSink, ZmqSinkParams
+from stream.zmq.source import ZmqSource, ZmqSourceParams
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_push_pull_pipeline_round_trip():
+    in_ep, out_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    spec = build_pipeline({"version": 1, "name": "pushpull", "nodes": {
+        "src": {"kind": "zmq_source", "params": {"socket": "pull", "endpoint": in_ep}},
+        "op": {"kind": "passthrough", "inputs": [{"from": "src", "policy": "block", "queue_size": 8}]},
+        "out": {"kind": "zmq_sink", "params": {"mode": "push", "endpoint": out_ep},
+                "inputs": [{"from": "op", "policy": "block", "queue_size": 8}]}}})
+    ex = LocalExecutor(spec, free_running=True).start()
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    try:
+        push.connect(in_ep)
+        pull.connect(out_ep)
+        for i in range(5):
+            descriptors, buffers = P.encode_tensors({"a": np.full((3, 2), i, np.float32), "b": np.arange(i)})
+            push.send_multipart([P.pack_header(P.MSG_FRAME, {"stream": "arm", "seq": 10 + i, "t_capture_ns": 5,
+                                                             "meta": {"joint": i}, "tensors": descriptors}),
+                                 *buffers])
+        push.send_multipart([b"not a header"])
+        got = []
+        for _ in range(5):
+            assert pull.poll(20_000)
+            got.append(P.decode(pull.recv_multipart()))
+        stats = ex.nodes["src"].stats()
+    finally:
+        ex.request_stop("test done")
+        ex.nodes["src"].stop()
+        report = ex.wait(timeout=20)
+        push.close(linger=0)
+        pull.close(linger=0)
+        ctx.term()
+    assert [m.header["seq"] for m in got] == [10, 11, 12, 13, 14]
+    assert all(m.header["stream"] == "arm" and m.header["t_capture_ns"] == 5 for m in got)
+    assert [m.header["meta"] for m in got] == [{"joint": i} for i in range(5)]
+    np.testing.assert_array_equal(got[3].tensors["a"], np.full((3, 2), 3, np.float32))
+    np.testing.assert_array_equal(got[4].tensors["b"], np.arange(4))
+    assert set(got[0].header["latency"]) >= {"receive", "src", "op", "reply", "total"}
+    assert stats["accepted"] == 5
+    assert report.fatal_error is None
+
+
+def test_setup_errors_explain_the_fix():
+    port = free_port()
+    with pytest.raises(ValueError, match="allow_remote"):
+        ZmqSource(ZmqSourceParams(endpoint=f"tcp://0.0.0.0:{port}")).setup(NodeContext("src"))
+    with pytest.raises(ValueError, match="needs an endpoint"):
+        ZmqSinkParams(mode="pub")
+    spec = build_pipeline({"version": 1, "name": "busy", "nodes": {
+        "a": {"kind": "zmq_source", "params": {"endpoint": f"tcp://127.0.0.1:{port}"}},
+        "b": {"kind": "zmq_source", "params": {"endpoint": f"tcp://127.0.0.1:{port}"}},
+        "out": {"kind": "zmq_sink", "inputs": ["a", "b"]}}})
+    with pytest.raises(PipelineStartError, match="'b'"):
+        LocalExecutor(spec).start()
+
+
+def test_reply_sink_needs_a_router_source():
+    hub = ReplyHub()
+    sink = ZmqSink(ZmqSinkParams(mode="reply"), hub=hub)
+    sink.setup(NodeContext("out"))
+    with pytest.raises(ValueError, match="router"):
+        sink.process(Frame("s", 0, time.monotonic_ns(), np.zeros(2)))
+    with pytest.raises(LookupError, match="no endpoint and 0 router sources"):
+        sink.process(Frame("s", 0, 0, np.zeros(2), {"zmq.key": 1}))
+    sink.teardown()

@@ -1,0 +1,199 @@
+"""Wire protocol v1: encoding/decoding round trips and every malformed case with its error code."""
+from __future__ import annotations
+
+import json
+import struct
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream.frame import Frame
+from stream.zmq import protocol as P
+from stream.zmq.reply import error_reply_parts, result_parts, stage_latency_ms
+from stream.zmq.serve import serving_spec, wrap
+from stream.zmq.sockets import check_endpoint
+from stream.zmq.source import ZmqSourceParams
+
+
+def frame_parts(arrays, encodings=None, **fields):
+    descriptors, buffers = P.encode_tensors(arrays, encodings)
+    header = {"stream": "cam", "seq": 3, "t_capture_ns": 7, "tensors": descriptors, **fields}
+    return [P.pack_header(P.MSG_FRAME, header), *[bytes(b) for b in buffers]]
+
+
+def raw_header(header: dict, version: int = P.VERSION, msg_type: int = P.MSG_FRAME, magic: bytes = P.MAGIC) -> bytes:
+    return struct.pack("<4sBBH", magic, version, msg_type, 0) + json.dumps(header).encode()
+
+
+def tensor(dtype="uint8", shape=(2, 3), nbytes=6, encoding="raw", name="x"):
+    return {"name": name, "dtype": dtype, "shape": list(shape), "encoding": encoding, "nbytes": nbytes}
+
+
+@pytest.mark.parametrize("dtype", list(P.DTYPES))
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 3, 4), (1, 1, 1, 1, 1, 1, 1, 2)])
+def test_raw_round_trip_every_dtype(dtype, shape):
+    rng = np.random.default_rng(0)
+    arr = (rng.random(shape) * 100).astype(dtype)
+    msg = P.decode(frame_parts({"a": arr, "b": np.arange(3, dtype=np.int64)}))
+    assert msg.header["stream"] == "cam" and msg.header["seq"] == 3
+    out = msg.tensors["a"]
+    assert out.dtype == np.dtype(dtype) and out.shape == shape
+    np.testing.assert_array_equal(out, arr)
+    np.testing.assert_array_equal(msg.tensors["b"], np.arange(3))
+
+
+def test_header_layout_is_the_documented_one():
+    header = P.pack_header(P.MSG_FRAME, {"stream": "s", "tensors": []})
+    assert header[:4] == b"CSTM" and header[4] == 1 and header[5] == 1 and header[6:8] == b"\0\0"
+    assert json.loads(header[8:]) == {"stream": "s", "tensors": []}
+
+
+def test_torch_tensors_and_non_contiguous_arrays_are_sent():
+    import torch
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()
+    msg = P.decode(frame_parts({"t": t, "n": np.arange(20).reshape(4, 5)[:, ::2]}))
+    np.testing.assert_array_equal(msg.tensors["t"], t.numpy())
+    np.testing.assert_array_equal(msg.tensors["n"], np.arange(20).reshape(4, 5)[:, ::2])
+
+
+@pytest.mark.parametrize("encoding", ["jpeg", "png"])
+def test_encoded_images_decode_like_opencv(encoding):
+    img = (np.random.default_rng(1).random((24, 32, 3)) * 255).astype(np.uint8)
+    msg = P.decode(frame_parts({"img": img}, {"img": encoding}))
+    ok, buf = cv2.imencode(".jpg" if encoding == "jpeg" else ".png", img,
+                           [cv2.IMWRITE_JPEG_QUALITY, 90] if encoding == "jpeg" else [])
+    np.testing.assert_array_equal(msg.tensors["img"], cv2.imdecode(buf, cv2.IMREAD_UNCHANGED))
+    if encoding == "png":
+        np.testing.assert_array_equal(msg.tensors["img"], img)
+
+
+def test_image_bomb_is_refused_before_decoding():
+    img = np.zeros((64, 64), np.uint8)
+    parts = frame_parts({"img": img}, {"img": "png"})
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(parts, P.Limits(max_tensor_bytes=1000))
+    assert err.value.code == P.TENSOR_TOO_LARGE
+    header = json.loads(parts[0][8:])
+    header["tensors"][0]["shape"] = [8, 8]  # declared small, the PNG says 64x64
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([P.pack_header(P.MSG_FRAME, header), parts[1]])
+    assert err.value.code == P.BAD_SHAPE
+
+
+MALFORMED = {
+    "bad_magic": ([b"NOPE" + b"\x01\x01\x00\x00{}"], P.BAD_MAGIC),
+    "short_header": ([b"CS"], P.BAD_MAGIC),
+    "unknown_version": ([raw_header({}, version=9)], P.UNSUPPORTED_VERSION),
+    "unknown_type": ([raw_header({}, msg_type=42)], P.BAD_TYPE),
+    "json_garbage": ([P.MAGIC + b"\x01\x01\x00\x00{not json"], P.MALFORMED_HEADER),
+    "json_not_object": ([P.MAGIC + b"\x01\x01\x00\x00[1,2]"], P.MALFORMED_HEADER),
+    "tensors_not_list": ([raw_header({"tensors": 5})], P.MALFORMED_HEADER),
+    "too_few_parts": ([raw_header({"tensors": [tensor()]})], P.PART_COUNT),
+    "too_many_parts": ([raw_header({"tensors": [tensor()]}), bytes(6), bytes(6)], P.PART_COUNT),
+    "unknown_dtype": ([raw_header({"tensors": [tensor(dtype="complex64")]}), bytes(6)], P.BAD_DTYPE),
+    "unknown_encoding": ([raw_header({"tensors": [tensor(encoding="gif")]}), bytes(6)], P.BAD_ENCODING),
+    "shape_not_list": ([raw_header({"tensors": [{**tensor(), "shape": "2x3"}]}), bytes(6)], P.BAD_SHAPE),
+    "negative_dim": ([raw_header({"tensors": [tensor(shape=(-2, -3))]}), bytes(6)], P.BAD_SHAPE),
+    "float_dim": ([raw_header({"tensors": [{**tensor(), "shape": [2.0, 3]}]}), bytes(6)], P.MALFORMED_HEADER),
+    "too_many_dims": ([raw_header({"tensors": [tensor(shape=(1,) * 9, nbytes=1)]}), bytes(1)], P.BAD_SHAPE),
+    "absurd_shape": ([raw_header({"tensors": [tensor(shape=(2**40, 2**40), nbytes=6)]}), bytes(6)],
+                     P.TENSOR_TOO_LARGE),
+    "overflowing_shape": ([raw_header({"tensors": [tensor(shape=(2**62, 2**62, 0), nbytes=0)]}), b""],
+                          P.TENSOR_TOO_LARGE),
+    "nbytes_disagrees_with_shape": ([raw_header({"tensors": [tensor(nbytes=8)]}), bytes(8)], P.SIZE_MISMATCH),
+    "buffer_disagrees_with_nbytes": ([raw_header({"tensors": [tensor()]}), bytes(5)], P.SIZE_MISMATCH),
+    "duplicate_names": ([raw_header({"tensors": [tensor(), tensor()]}), bytes(6), bytes(6)], P.MALFORMED_HEADER),
+    "float32_jpeg": ([raw_header({"tensors": [tensor(dtype="float32", encoding="jpeg", nbytes=4)]}), bytes(4)],
+                     P.BAD_DTYPE),
+    "jpeg_not_jpeg": ([raw_header({"tensors": [tensor(encoding="jpeg", nbytes=6)]}), bytes(6)], P.DECODE_FAILED),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_messages_raise_their_code(case):
+    parts, code = MALFORMED[case]
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(parts)
+    assert err.value.code == code
+    assert len(err.value.message) > 20  # says what was expected and what came
+
+
+def test_size_limits_are_checked():
+    parts = frame_parts({"a": np.zeros(1000, np.uint8)})
+    for limits, code in [(P.Limits(max_message_bytes=500), P.MESSAGE_TOO_LARGE),
+                         (P.Limits(max_tensor_bytes=999), P.TENSOR_TOO_LARGE),
+                         (P.Limits(max_elements=999), P.TENSOR_TOO_LARGE),
+                         (P.Limits(max_tensors=0 + 1, max_header_bytes=20), P.MESSAGE_TOO_LARGE)]:
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode(parts, limits)
+        assert err.value.code == code
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=1, max_size=4), st.binary(max_size=200))
+def test_random_bytes_never_raise_anything_but_protocol_errors(parts, header_tail):
+    for candidate in (parts, [P.MAGIC + b"\x01\x01\x00\x00" + header_tail, *parts[1:]]):
+        try:
+            P.decode(candidate)
+        except P.ProtocolError:
+            pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=-3, max_value=2**70), max_size=10),
+       st.sampled_from(list(P.DTYPES)), st.integers(min_value=-1, max_value=2**70))
+def test_random_shapes_are_checked_before_allocation(shape, dtype, nbytes):
+    parts = [raw_header({"tensors": [tensor(dtype=dtype, shape=shape, nbytes=nbytes)]}), bytes(16)]
+    try:
+        msg = P.decode(parts)
+    except P.ProtocolError:
+        return
+    assert msg.tensors["x"].nbytes == 16
+
+
+def test_result_header_carries_latency_and_identifiers():
+    frame = Frame("cam", 4, 1_000_000, np.ones((2, 2), np.float32),
+                  {"zmq.request_id": 9, "zmq.t_recv_ns": 2_000_000, "zmq.tensor": "img", "label": "cat"},
+                  (("requests", 3_000_000), ("model", 5_000_000)))
+    msg = P.decode(result_parts(frame))
+    h = msg.header
+    assert (h["request_id"], h["stream"], h["seq"], h["status"]) == (9, "cam", 4, "ok")
+    assert h["meta"] == {"label": "cat"}
+    assert h["latency"]["receive"] == 1.0 and h["latency"]["requests"] == 1.0 and h["latency"]["model"] == 2.0
+    assert h["t_reply_ns"] >= 5_000_000
+    np.testing.assert_array_equal(msg.tensors["img"], np.ones((2, 2)))
+    assert stage_latency_ms(frame, 6_000_000)["total"] == 5.0
+    err = P.decode(error_reply_parts(3, P.TIMEOUT, "slow"))
+    assert err.header["status"] == "error" and err.header["error"] == {"code": "timeout", "message": "slow"}
+
+
+def test_bind_is_loopback_only_unless_allowed():
+    check_endpoint("tcp://127.0.0.1:5555", bind=True, allow_remote=False)
+    check_endpoint("tcp://localhost:5555", bind=True, allow_remote=False)
+    check_endpoint("tcp://10.0.0.5:5555", bind=False, allow_remote=False)  # connecting is fine
+    for endpoint in ("tcp://*:5555", "tcp://0.0.0.0:5555", "tcp://192.168.1.2:5555"):
+        with pytest.raises(ValueError, match="allow_remote"):
+            check_endpoint(endpoint, bind=True, allow_remote=False)
+        check_endpoint(endpoint, bind=True, allow_remote=True)
+    with pytest.raises(ValueError, match="not a ZeroMQ endpoint"):
+        check_endpoint("127.0.0.1:5555", bind=True, allow_remote=False)
+
+
+def test_serve_wraps_a_pipeline_without_zmq_nodes():
+    from stream.config import build_pipeline
+
+    spec = build_pipeline({"version": 1, "name": "w", "nodes": {
+        "cam": {"kind": "synthetic", "params": {"count": 5}},
+        "op": {"kind": "passthrough", "inputs": ["cam"]},
+        "out": {"kind": "null", "inputs": ["op"]}}})
+    served = wrap(spec, ZmqSourceParams(endpoint="tcp://127.0.0.1:5999"))
+    assert [(n.name, n.kind) for n in served.nodes] == [("requests", "zmq_source"), ("op", "passthrough"),
+                                                        ("out", "zmq_sink")]
+    assert served.node("op").inputs[0].source == "requests"
+    assert served.node("out").params.mode == "reply" and served.node("out").params.endpoint == "tcp://127.0.0.1:5999"
+    explicit = serving_spec(served, {"endpoint": "tcp://127.0.0.1:6000"})
+    assert explicit.node("requests").params.endpoint == explicit.node("out").params.endpoint == "tcp://127.0.0.1:6000"

@@ -1,0 +1,28 @@
+"""A test-only operator for the ZeroMQ tests, loaded by the server subprocess as
+`test_zmq_slow_node:HoldWhileFileMissing` (tests/ is on its PYTHONPATH). It holds the frames whose
+meta has `hold: true` until a release file exists, so a test can make the pipeline slow on demand
+without timing assumptions."""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from stream.frame import Frame
+from stream.node import Operator
+
+
+class HoldWhileFileMissing(Operator):
+    @dataclass(frozen=True)
+    class Params:
+        release_file: str = ""
+        max_wait_s: float = 20.0
+
+    def process(self, frame: Frame) -> Frame:
+        if frame.meta.get("hold"):
+            wait = threading.Event()
+            for _ in range(int(self.params.max_wait_s / 0.01)):
+                if os.path.exists(self.params.release_file):
+                    break
+                wait.wait(0.01)
+        return frame
