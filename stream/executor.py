@@ -149,6 +149,12 @@ class LocalExecutor:
         self._stop_requested = True
         self._stop_reason = reason
         self._stop.set()
+        for worker in list(self._workers.values()):
+            if worker.spec.role == "source":
+                try:
+                    worker.node.stop()
+                except Exception as exc:  # a broken stop() must not keep the others running
+                    log.error("source %r failed in stop(): %s", worker.spec.name, exc)
 
     def wait(self, timeout: float | None = None) -> RunReport:
         """Wait for the run to end, tear the nodes down and return the report.

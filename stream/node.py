@@ -96,6 +96,13 @@ class Source(Node):
             meta=dict(meta or {}),
         )
 
+    def stop(self) -> None:
+        """Ask a `frames()` that may block (on a socket, a camera) to end soon.
+
+        Called by the runtime when the pipeline is asked to stop, possibly from a signal handler:
+        only set a flag or an Event here. Sources that never block need not override it.
+        """
+
     @property
     def native_rate_hz(self) -> float | None:
         """The sensor's own frame rate once set up (a video file's fps), used by `rate_hz: native`."""

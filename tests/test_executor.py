@@ -436,6 +436,46 @@ def test_request_stop_stops_an_endless_paced_source_and_still_reports():
     assert_accounted(report)
 
 
+class BlockingSource(Source):
+    """Emits one frame, then blocks (like a socket or a camera read) until `stop()` is called."""
+
+    def __init__(self, params=None) -> None:
+        super().__init__(params)
+        self.stopped = threading.Event()
+
+    def frames(self) -> Iterator[Frame]:
+        yield self.make_frame(0)
+        assert self.stopped.wait(GUARD_S), "stop() was never called"
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class SignallingSink(CollectSink):
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.got_one = threading.Event()
+
+    def process(self, frame: Frame) -> None:
+        super().process(frame)
+        self.got_one.set()
+
+
+def test_request_stop_calls_stop_on_sources_blocked_inside_frames():
+    spec = pipeline_spec(node_spec("src", BlockingSource),
+                         node_spec("sink", SignallingSink, inputs=["src"]))
+    ex = LocalExecutor(spec).start()
+    sink = ex.nodes["sink"]
+    src = ex.nodes["src"]
+    assert sink.got_one.wait(GUARD_S)
+    ex.request_stop("test stop")
+    report = ex.wait(timeout=GUARD_S)
+    assert src.stopped.is_set()
+    assert report.stop_reason == "test stop"
+    assert report.nodes["src"].frames_out == 1 and len(sink.frames) == 1
+    assert_accounted(report)
+
+
 @pytest.mark.parametrize(("signum", "reason"), [
     (signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGINT, "interrupted (Ctrl-C)")])
 def test_sigterm_or_ctrl_c_during_run_drains_and_reports(signum, reason):
