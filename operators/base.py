@@ -61,6 +61,32 @@ class ContinualModule(nn.Module):
         """Process one time step (B, C, ...) with an explicit state; returns (output | None, state)."""
         raise NotImplementedError(f"{type(self).__name__} must implement step")
 
+    def flush(self, state: Any, zero_frame: Optional[Tensor] = None) -> tuple[list[Tensor], Any]:
+        """The outputs the offline end padding produces: `padding` zero steps at this module's input.
+
+        `zero_frame` is a zero input step when the caller knows its shape; otherwise the module
+        derives one from its state (`zero_frame_like`). Containers override this to pad each child
+        at its own input, as the offline forward does.
+        """
+        if self.padding <= 0:
+            return [], state
+        frame = zero_frame if zero_frame is not None else self.zero_frame_like(state)
+        if frame is None:
+            return [], state
+        outputs: list[Tensor] = []
+        for _ in range(self.padding):
+            y, state = self.step(frame, state)
+            if y is not None:
+                outputs.append(y)
+        return outputs, state
+
+    def zero_frame_like(self, state: Any) -> Optional[Tensor]:
+        """A zero input step shaped like the frames this state has seen (None if it has seen none)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has temporal padding {self.padding} but cannot tell its input shape "
+            "from its state; implement zero_frame_like or call flush with a zero_frame"
+        )
+
     # Stateful convenience API --------------------------------------------------------------------
     def forward_step(self, x: Tensor) -> Optional[Tensor]:
         """One step with the state kept inside the module (created on first use)."""
@@ -81,11 +107,10 @@ class ContinualModule(nn.Module):
             if y is not None:
                 outputs.append(y)
         if pad_end:
-            zeros = torch.zeros_like(clip[:, :, 0])
-            for _ in range(self.padding):
-                y = self.forward_step(zeros)
-                if y is not None:
-                    outputs.append(y)
+            state = self._internal_state(clip[:, :, 0])
+            tail, state = self.flush(state, torch.zeros_like(clip[:, :, 0]))
+            object.__setattr__(self, "_co_state", state)
+            outputs.extend(tail)
         if not outputs:
             return None
         return torch.stack(outputs, dim=2)

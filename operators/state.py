@@ -7,7 +7,10 @@ Contract for every operator state (see docs/operators.md):
 - counters saturate: once an operator is past its warm-up they only cycle through its stride phase,
   so two streams in the same phase have equal counters and can be stacked;
 - ring-buffer write positions are tensors (per sample, shape (B,)) so that streams at different
-  positions stack freely and a step never needs a host value.
+  positions stack freely and a step never needs a host value;
+- a tensor field may be None in a fresh state when its shape is only known from the first frame
+  (ring buffers); None then means "all zeros", so stacking a fresh state with a stepped one
+  materialises zeros of the stepped one's shape.
 """
 from __future__ import annotations
 
@@ -75,14 +78,28 @@ def _stack(items: list[Any], path: str) -> Any:
     if isinstance(first, (tuple, list)):
         return type(first)(_stack([it[i] for it in items], f"{path}[{i}]") for i in range(len(first)))
     if _is_state(first):
-        return dataclasses.replace(
-            first,
-            **{
-                f.name: _stack([getattr(it, f.name) for it in items], f"{path}.{f.name}")
-                for f in dataclasses.fields(first)
-            },
-        )
+        fields = {}
+        for f in dataclasses.fields(first):
+            values = [getattr(it, f.name) for it in items]
+            if any(v is None for v in values) and any(isinstance(v, Tensor) for v in values):
+                values = _zeros_for_missing(items, values, f"{path}.{f.name}")
+            fields[f.name] = _stack(values, f"{path}.{f.name}")
+        return dataclasses.replace(first, **fields)
     raise TypeError(f"{path}: unsupported state field type {type(first).__name__}")
+
+
+def _zeros_for_missing(items: list[Any], values: list[Any], path: str) -> list[Any]:
+    """Replace None (a lazily allocated, all-zero buffer) by zeros shaped like the allocated ones."""
+    ref = next(v for v in values if isinstance(v, Tensor))
+    out = []
+    for item, value in zip(items, values):
+        if value is None:
+            batch = batch_size_of(item)
+            if batch is None:
+                raise ValueError(f"cannot stack states: {path} is unset and its state has no batch size")
+            value = ref.new_zeros((batch,) + tuple(ref.shape[1:]))
+        out.append(value)
+    return out
 
 
 def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
@@ -163,3 +180,42 @@ def state_from_dict(template: Any, data: Any, path: str = "state") -> Any:
             template, **{n: state_from_dict(getattr(template, n), data[n], f"{path}.{n}") for n in names}
         )
     raise TypeError(f"{path}: unsupported state field type {type(template).__name__}")
+
+
+def drop_streams(state: Any, index: Sequence[int]) -> Any:
+    """The state without the batch members at `index` (evict finished streams)."""
+    n = batch_size_of(state)
+    if n is None:
+        return state
+    gone = {int(i) % n for i in index}
+    return select_streams(state, [i for i in range(n) if i not in gone])
+
+
+def reset_streams(state: Any, index: Sequence[int], fresh: Any = None) -> Any:
+    """Restart the streams at `index` in place: their history is replaced by a fresh state's.
+
+    `fresh` is `module.init_state(len(index), ...)` (tensor fields of the fresh state are copied in;
+    fields it leaves unset, i.e. lazily allocated ring buffers, are zeroed). Host counters are shared
+    by the batch and stay as they are: the reset streams' next `delay` outputs are warm-up values
+    computed on the stream-start zero padding (ignore them), and with a temporal stride their output
+    grid follows the batch's phase. For an exact restart, split the stream off and give it
+    `module.init_state(1)`.
+    """
+    idx = torch.as_tensor(list(index), dtype=torch.long)
+    _reset(state, fresh, idx, "state")
+    return state
+
+
+def _reset(state: Any, fresh: Any, idx: Tensor, path: str) -> None:
+    if isinstance(state, Tensor):
+        rows = idx.to(state.device)
+        if isinstance(fresh, Tensor):
+            state.index_copy_(0, rows, fresh.to(device=state.device, dtype=state.dtype))
+        else:
+            state.index_fill_(0, rows, 0)
+    elif isinstance(state, (tuple, list)):
+        for i, s in enumerate(state):
+            _reset(s, None if fresh is None else fresh[i], idx, f"{path}[{i}]")
+    elif _is_state(state):
+        for f in dataclasses.fields(state):
+            _reset(getattr(state, f.name), None if fresh is None else getattr(fresh, f.name), idx, f"{path}.{f.name}")

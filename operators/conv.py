@@ -1,0 +1,322 @@
+"""Continual Conv1d/Conv2d/Conv3d: the temporal dimension (dim 2) is streamed, the rest is torch's.
+
+Step: a ring buffer keeps the last (k-1)*dilation+1 input steps; on an emitting step ONE convolution
+of one dimension less computes the output, its weight having the temporal taps stacked into the input
+channels. With groups 1 and dilation 1 the ring itself, viewed as (B, k*C, ...), is the convolution
+input and the weight is rotated to each stream's ring position (no copy of the frames); otherwise
+(groups, depthwise, dilation, autograd) the k taps are gathered first. Each output element is
+computed once; non-emitting steps (temporal stride) only write the ring buffer.
+
+The torch attributes `stride` and `padding` are tuples in torch.nn; the continual contract uses the
+names for the temporal ints. Here `stride`/`padding` are the temporal ints and `stride_nd` /
+`padding_nd` hold torch's values; `forward` is torch's computation with those.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from operators.base import ContinualModule
+from operators.convert import register_conversion
+from operators.delay import RingState, advance, ring_buffer_for, ring_init, ring_read, ring_write
+
+ConvState = RingState
+
+_CONV_ND = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def stack_temporal_taps(weight: Tensor, groups: int) -> Tensor:
+    """(O, C/g, k, *K) -> (O, k*C/g, *K): the k temporal taps become input channels (per group)."""
+    out_ch, in_per_group, k = weight.shape[:3]
+    return weight.transpose(1, 2).reshape((out_ch, k * in_per_group) + tuple(weight.shape[3:]))
+
+
+def gather_taps(frames: Tensor, groups: int) -> Tensor:
+    """(B, k, C, *S) -> (B, k*C, *S) in the per-group (k, C/g) channel order of the stacked weight."""
+    batch, k, channels = frames.shape[:3]
+    spatial = tuple(frames.shape[3:])
+    if groups == 1:
+        return frames.reshape((batch, k * channels) + spatial)
+    grouped = frames.view((batch, k, groups, channels // groups) + spatial).transpose(1, 2)
+    return grouped.reshape((batch, k * channels) + spatial)
+
+
+def rotate_taps(stacked_weight: Tensor, kernel: int) -> Tensor:
+    """(O, k*C, *K) -> (k, O, k*C, *K): entry q applies tap (j - q) mod k to ring slot j.
+
+    With a ring of exactly k slots (groups 1, dilation 1) the buffer itself, viewed as (B, k*C, *S),
+    is the convolution input: the weight is rotated to the ring position instead of the frames
+    being gathered into tap order.
+    """
+    out_ch, kc = stacked_weight.shape[:2]
+    blocks = stacked_weight.view((out_ch, kernel, kc // kernel) + tuple(stacked_weight.shape[2:]))
+    rotations = [torch.roll(blocks, shifts=q, dims=1).reshape(stacked_weight.shape) for q in range(kernel)]
+    return torch.stack(rotations, 0)
+
+
+def conv_step(
+    x: Tensor,
+    state: ConvState,
+    stacked_weight: Tensor,
+    bias: Optional[Tensor],
+    *,
+    kernel: int,
+    dilation: int,
+    stride: int,
+    delay: int,
+    groups: int,
+    spatial_conv: Callable[..., Tensor],
+    rotated_weight: Optional[Tensor] = None,
+) -> tuple[Optional[Tensor], ConvState]:
+    """Pure continual conv step: write x (B, C, *S) into the ring; on emitting steps convolve the taps.
+
+    With `rotated_weight` (see `rotate_taps`) the ring is convolved in place, without gathering.
+    """
+    length = (kernel - 1) * dilation + 1
+    buffer = ring_buffer_for(state.buffer, x, length, "continual conv")
+    ring_write(buffer, state.pos, x)
+    emit, count = advance(state.count, delay, stride, delay)
+    y = None
+    if emit:
+        if kernel == 1:
+            y = spatial_conv(gather_taps(x.unsqueeze(1), groups), stacked_weight, bias)
+        elif rotated_weight is not None:
+            y = _conv_ring_in_place(buffer, state.pos, rotated_weight, bias, spatial_conv)
+        else:
+            offsets = torch.arange(kernel, device=x.device) * dilation
+            taps = ring_read(buffer, state.pos, offsets)
+            y = spatial_conv(gather_taps(taps, groups), stacked_weight, bias)
+    return y, ConvState(buffer, state.pos, count)
+
+
+def _conv_ring_in_place(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional[Tensor],
+                        spatial_conv: Callable[..., Tensor]) -> Tensor:
+    batch = buffer.shape[0]
+    frames = buffer.view((batch, -1) + tuple(buffer.shape[3:]))  # (B, k*C, *S): a view, no copy
+    weight = rotated.index_select(0, pos)  # (B, O, k*C, *K): each stream's rotation, on the device
+    if batch == 1:
+        return spatial_conv(frames, weight[0], bias)
+    out_ch = weight.shape[1]
+    grouped = frames.reshape((1, -1) + tuple(frames.shape[2:]))  # streams become conv groups
+    y = spatial_conv(grouped, weight.flatten(0, 1), None if bias is None else bias.repeat(batch), groups=batch)
+    return y.view((batch, out_ch) + tuple(y.shape[2:]))
+
+
+def _temporal_padding(padding: Any, kernel: int, dilation: int, name: str) -> int:
+    if padding == "valid":
+        return 0
+    if padding == "same":
+        total = dilation * (kernel - 1)
+        if total % 2:
+            raise ValueError(
+                f"{name}: padding='same' with temporal kernel {kernel} and dilation {dilation} pads the "
+                "time axis asymmetrically, which a stream cannot reproduce; use an odd temporal kernel "
+                "or explicit integer padding"
+            )
+        return total // 2
+    return int(padding[0])
+
+
+class _ConvNd(ContinualModule):
+    """Shared continual logic; concrete classes also inherit the torch.nn ConvNd."""
+
+    _nd: int
+
+    def _co_setup(self) -> None:
+        kernel, dilation = self.kernel_size[0], self.dilation[0]
+        name = type(self).__name__
+        pad_t = _temporal_padding(self._nd_padding, kernel, dilation, name)
+        if self.padding_mode != "zeros" and pad_t > 0:
+            raise ValueError(
+                f"{name}: padding_mode={self.padding_mode!r} with temporal padding {pad_t} cannot be "
+                "streamed (the padding at the stream start would need future frames). Use "
+                "padding_mode='zeros', or temporal padding 0 (the mode then applies spatially only)"
+            )
+        if pad_t > (kernel - 1) * dilation:
+            raise ValueError(
+                f"{name}: temporal padding {pad_t} exceeds (kernel-1)*dilation = {(kernel - 1) * dilation}; "
+                "such outputs see only padding and cannot be streamed; reduce the temporal padding"
+            )
+        object.__setattr__(self, "_pad_t", pad_t)
+        object.__setattr__(self, "_stacked_cache", None)
+
+    # torch's tuples live in padding_nd/stride_nd; the contract's names are the temporal ints.
+    @property
+    def padding(self) -> int:  # type: ignore[override]
+        # torch's own __init__ reads its tuple back before _co_setup has run
+        return self.__dict__["_pad_t"] if "_pad_t" in self.__dict__ else self._nd_padding
+
+    @padding.setter
+    def padding(self, value: Any) -> None:
+        object.__setattr__(self, "_nd_padding", value)
+
+    @property
+    def stride(self) -> int:  # type: ignore[override]
+        return int(self._nd_stride[0]) if "_pad_t" in self.__dict__ else self._nd_stride
+
+    @stride.setter
+    def stride(self, value: Any) -> None:
+        object.__setattr__(self, "_nd_stride", value)
+
+    @property
+    def padding_nd(self) -> Any:
+        """torch's padding argument (tuple or 'same'/'valid')."""
+        return self._nd_padding
+
+    @property
+    def stride_nd(self) -> tuple[int, ...]:
+        """torch's stride tuple."""
+        return self._nd_stride
+
+    @property
+    def receptive_field(self) -> int:
+        return (self.kernel_size[0] - 1) * self.dilation[0] + 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = _CONV_ND[self._nd]
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            return conv(x, self.weight, self.bias, self._nd_stride, 0, self.dilation, self.groups)
+        return conv(x, self.weight, self.bias, self._nd_stride, self._nd_padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self._nd_stride}"
+        if self._nd_padding != (0,) * self._nd:
+            s += f", padding={self._nd_padding}"
+        if self.dilation != (1,) * self._nd:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s
+
+    # Step ----------------------------------------------------------------------------------------
+    def stacked_weight(self) -> Tensor:
+        """The weight with temporal taps stacked into input channels, cached until the weight changes."""
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return stack_temporal_taps(w, self.groups)
+        key = (w.data_ptr(), w._version, w.device, w.dtype, w.shape)
+        cache = self.__dict__.get("_stacked_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, stack_temporal_taps(w, self.groups).contiguous())
+            object.__setattr__(self, "_stacked_cache", cache)
+        return cache[1]
+
+    def rotated_weight(self) -> Optional[Tensor]:
+        """Per-ring-position weights for the gather-free step (groups 1, dilation 1), else None."""
+        kernel = self.kernel_size[0]
+        if self.groups != 1 or self.dilation[0] != 1 or kernel == 1:
+            return None
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return None  # autograd: convolve a gathered copy, not the ring that later steps overwrite
+        stacked = self.stacked_weight()
+        cache = self.__dict__.get("_rotated_cache")
+        if cache is None or cache[0] is not stacked:
+            cache = (stacked, rotate_taps(stacked, kernel).contiguous())
+            object.__setattr__(self, "_rotated_cache", cache)
+        return cache[1]
+
+    def _spatial_conv(self, frames: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None) -> Tensor:
+        groups = self.groups if groups is None else groups
+        if self._nd == 1:
+            # weight (O, k*C/g): a linear map, block-diagonal over groups
+            if groups == 1:
+                return F.linear(frames, weight, bias)
+            return F.conv1d(frames.unsqueeze(-1), weight.unsqueeze(-1), bias, groups=groups).squeeze(-1)
+        conv = _CONV_ND[self._nd - 1]
+        stride, dilation = self._nd_stride[1:], self.dilation[1:]
+        if self.padding_mode != "zeros":
+            frames = F.pad(frames, self._reversed_padding_repeated_twice[:-2], mode=self.padding_mode)
+            return conv(frames, weight, bias, stride, 0, dilation, groups)
+        padding = self._nd_padding if isinstance(self._nd_padding, str) else self._nd_padding[1:]
+        return conv(frames, weight, bias, stride, padding, dilation, groups)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> ConvState:
+        return ConvState(None, ring_init(batch_size, device), 0)
+
+    def step(self, x: Tensor, state: ConvState) -> tuple[Optional[Tensor], ConvState]:
+        return conv_step(
+            x,
+            state,
+            self.stacked_weight(),
+            self.bias,
+            kernel=self.kernel_size[0],
+            dilation=self.dilation[0],
+            stride=self.stride,
+            delay=self.delay,
+            groups=self.groups,
+            spatial_conv=self._spatial_conv,
+            rotated_weight=self.rotated_weight(),
+        )
+
+    def zero_frame_like(self, state: ConvState) -> Optional[Tensor]:
+        return None if state.buffer is None else torch.zeros_like(state.buffer[:, 0])
+
+
+class Conv1d(_ConvNd, nn.Conv1d):
+    """Continual nn.Conv1d on (B, C, T); a step (B, C) is a linear map of the stacked taps."""
+
+    _nd = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.Conv1d.__init__(self, *args, **kwargs)
+        self._co_setup()
+
+
+class Conv2d(_ConvNd, nn.Conv2d):
+    """Continual nn.Conv2d on (B, C, T, W); a step (B, C, W) is one conv1d."""
+
+    _nd = 2
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.Conv2d.__init__(self, *args, **kwargs)
+        self._co_setup()
+
+
+class Conv3d(_ConvNd, nn.Conv3d):
+    """Continual nn.Conv3d on (B, C, T, H, W); a step (B, C, H, W) is one conv2d."""
+
+    _nd = 3
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        nn.Conv3d.__init__(self, *args, **kwargs)
+        self._co_setup()
+
+
+_CONTINUAL_CONV = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
+
+
+@register_conversion(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _convert_conv(module: nn.Module, options: dict[str, Any]) -> ContinualModule:
+    cls = _CONTINUAL_CONV[type(module)]
+    out = cls(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        padding_mode=module.padding_mode,
+        device=module.weight.device,
+        dtype=module.weight.dtype,
+    )
+    out.load_state_dict(module.state_dict())
+    out.train(module.training)
+    return out
+
+
+def conv_flops(module: nn.Module, out_shape: tuple[int, ...]) -> float:
+    """Multiply-adds x2 of a conv producing `out_shape` (B, O, ...)."""
+    per_out = 2 * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+    return float(per_out * math.prod(out_shape))

@@ -1,0 +1,141 @@
+"""Ring buffers (the shared state primitive of windowed operators) and the `Delay` operator.
+
+A ring buffer keeps the last L input steps of each stream in a preallocated tensor (B, L, C, ...)
+written in place; the write position is a per-stream LongTensor (B,) so that streams at different
+positions stack, and every read/write is an index op on the (B*L, C, ...) view: no roll, no
+reallocation, no host read-back. Step counters are host ints that saturate after the warm-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from operators.base import ContinualModule
+
+
+@dataclass
+class RingState:
+    """Last `L` input steps of each stream.
+
+    buffer: (B, L, C, ...) or None before the first step (None means all zeros: the stream-start padding).
+    pos: (B,) long, the slot the next step is written to.
+    count: saturating host step counter (exact during the warm-up, then cycles through the stride phase).
+    """
+
+    buffer: Optional[Tensor]
+    pos: Tensor
+    count: int
+
+
+def ring_init(batch_size: int, device: torch.device | str | None = None) -> Tensor:
+    """Fresh write positions (B,) for `batch_size` streams."""
+    return torch.zeros(batch_size, dtype=torch.long, device=device)
+
+
+def ring_buffer_for(buffer: Optional[Tensor], x: Tensor, length: int, name: str) -> Tensor:
+    """The ring buffer for frames like `x`, allocated (zeros) on the first step."""
+    if buffer is None:
+        return x.new_zeros((x.shape[0], length) + tuple(x.shape[1:]))
+    if buffer.shape[0] != x.shape[0] or buffer.shape[2:] != x.shape[1:]:
+        raise ValueError(
+            f"{name}: step input has shape {tuple(x.shape)} but this state holds frames of shape "
+            f"(B={buffer.shape[0]}, {', '.join(map(str, buffer.shape[2:]))}); a stream's frame shape "
+            "cannot change: start a new state (init_state) for the new shape"
+        )
+    return buffer
+
+
+def ring_write(buffer: Tensor, pos: Tensor, x: Tensor) -> None:
+    """Write step `x` (B, C, ...) at each stream's slot `pos` (in place) and advance `pos` (in place)."""
+    batch, length = buffer.shape[0], buffer.shape[1]
+    rows = torch.arange(batch, device=pos.device) * length + pos
+    buffer.view((batch * length,) + tuple(buffer.shape[2:])).index_copy_(0, rows, x.to(buffer.dtype))
+    pos.add_(1).remainder_(length)
+
+
+def ring_read(buffer: Tensor, pos: Tensor, offsets: Tensor) -> Tensor:
+    """Frames at `offsets` (k,) counted from the oldest slot, after a write: (B, k, C, ...).
+
+    With `pos` pointing at the next write slot, offset 0 is the oldest frame held and offset L-1 the
+    newest.
+    """
+    batch, length = buffer.shape[0], buffer.shape[1]
+    base = torch.arange(batch, device=pos.device) * length
+    idx = (pos.unsqueeze(1) + offsets.unsqueeze(0)).remainder_(length) + base.unsqueeze(1)  # (B, k)
+    flat = buffer.view((batch * length,) + tuple(buffer.shape[2:]))
+    return flat.index_select(0, idx.reshape(-1)).view((batch, offsets.numel()) + tuple(buffer.shape[2:]))
+
+
+def advance(count: int, delay: int, stride: int, settle: int) -> tuple[bool, int]:
+    """(emits this step?, next counter). Exact until `settle`, then cycles modulo `stride`."""
+    emit = count >= delay and (count - delay) % stride == 0
+    nxt = count + 1 if count < settle else settle + (count + 1 - settle) % stride
+    return emit, nxt
+
+
+def delay_step(x: Tensor, state: RingState, delay: int, lag: int) -> tuple[Optional[Tensor], RingState]:
+    """Pure step of `Delay`: write x, return the frame `lag` steps old once `delay` steps were seen."""
+    length = lag + 1
+    buffer = ring_buffer_for(state.buffer, x, length, "Delay")
+    ring_write(buffer, state.pos, x)
+    emit, count = advance(state.count, delay, 1, delay)
+    y = None
+    if emit:
+        if lag == 0:
+            y = x
+        else:
+            offsets = torch.zeros(1, dtype=torch.long, device=x.device)
+            y = ring_read(buffer, state.pos, offsets)[:, 0]
+    return y, RingState(buffer, state.pos, count)
+
+
+class Delay(ContinualModule):
+    """Delays a stream by `delay` steps; aligns a shortcut with a branch in Residual/Parallel.
+
+    Offline, `forward(x)` is `x[:, :, crop_start : T - crop_end]` (identity by default). The step at
+    time t returns input t - delay + crop_start, so that it pairs with offline index t - delay. The
+    crops let a shortcut follow a branch that shortens the clip (a temporal kernel without padding):
+    `crop_start = crop_end = m` is the centred residual, `crop_start = 0` the lagging one.
+    """
+
+    def __init__(self, delay: int, crop_start: int = 0, crop_end: int = 0) -> None:
+        super().__init__()
+        if delay < 0 or crop_start < 0 or crop_end < 0 or crop_start + crop_end > delay:
+            raise ValueError(
+                f"Delay needs 0 <= crop_start + crop_end <= delay, got delay={delay}, "
+                f"crop_start={crop_start}, crop_end={crop_end}"
+            )
+        self._delay = int(delay)
+        self.crop_start = int(crop_start)
+        self.crop_end = int(crop_end)
+
+    @property
+    def receptive_field(self) -> int:
+        return 2 * self._delay - self.crop_start - self.crop_end + 1
+
+    @property
+    def padding(self) -> int:
+        return self._delay - self.crop_start - self.crop_end
+
+    @property
+    def delay(self) -> int:
+        return self._delay
+
+    def extra_repr(self) -> str:
+        crops = f", crop_start={self.crop_start}, crop_end={self.crop_end}" if self.crop_start or self.crop_end else ""
+        return f"{self._delay}{crops}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x[:, :, self.crop_start : x.shape[2] - self.crop_end]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> RingState:
+        return RingState(None, ring_init(batch_size, device), 0)
+
+    def step(self, x: Tensor, state: RingState) -> tuple[Optional[Tensor], RingState]:
+        return delay_step(x, state, self._delay, self._delay - self.crop_start)
+
+    def zero_frame_like(self, state: RingState) -> Optional[Tensor]:
+        return None if state.buffer is None else torch.zeros_like(state.buffer[:, 0])

@@ -1,0 +1,162 @@
+"""Continual Conv1d/2d/3d: property-based equivalence with torch and the step's guarantees."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import operators as O
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+TORCH = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+@st.composite
+def conv_configs(draw):
+    nd = draw(st.sampled_from([1, 2, 3]))
+    groups = draw(st.sampled_from([1, 2]))
+    depthwise = draw(st.booleans())
+    cin = 2 * draw(st.integers(1, 2))
+    cout = cin if depthwise else 2 * draw(st.integers(1, 3))
+    groups = cin if depthwise else groups
+    kt = draw(st.integers(1, 4))
+    dt = draw(st.integers(1, 2))
+    pt = draw(st.integers(0, (kt - 1) * dt))
+    st_ = draw(st.integers(1, 3))
+    ks = tuple(draw(st.integers(1, 3)) for _ in range(nd - 1))
+    ss = tuple(draw(st.integers(1, 2)) for _ in range(nd - 1))
+    ps = tuple(draw(st.integers(0, k // 2)) for k in ks)
+    ds = tuple(draw(st.integers(1, 2)) for _ in range(nd - 1))
+    batch = draw(st.integers(1, 2))
+    steps = draw(st.integers(1, 9))
+    spatial = tuple(draw(st.integers(5, 6)) for _ in range(nd - 1))
+    return dict(nd=nd, cin=cin, cout=cout, groups=groups, kernel=(kt,) + ks, stride=(st_,) + ss,
+                padding=(pt,) + ps, dilation=(dt,) + ds, bias=draw(st.booleans()),
+                shape=(batch, cin, steps) + spatial)
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_configs())
+def test_conv_streams_like_torch(cfg):
+    torch.manual_seed(0)
+    ref = TORCH[cfg["nd"]](cfg["cin"], cfg["cout"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
+                           dilation=cfg["dilation"], groups=cfg["groups"], bias=cfg["bias"])
+    co = O.continual(ref)
+    clip = torch.randn(cfg["shape"])
+    t_out = cfg["shape"][2] + 2 * cfg["padding"][0] - (cfg["kernel"][0] - 1) * cfg["dilation"][0] - 1
+    with torch.no_grad():
+        if t_out < 0:  # torch rejects a clip shorter than the kernel
+            return
+        offline = co(clip)
+        torch.testing.assert_close(offline, ref(clip), rtol=0, atol=0)
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), offline, **TOL)
+    assert co.padding == cfg["padding"][0] and co.stride == cfg["stride"][0]
+    assert co.padding_nd == cfg["padding"] and co.stride_nd == cfg["stride"]
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_spatial_padding_modes_with_zero_temporal_padding(mode):
+    ref = nn.Conv3d(2, 3, (3, 3, 3), padding=(0, 1, 1), padding_mode=mode)
+    co = O.continual(ref)
+    clip = torch.randn(1, 2, 6, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(co(clip), ref(clip), rtol=0, atol=0)
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), ref(clip), **TOL)
+
+
+def test_temporal_non_zero_padding_mode_is_refused_clearly():
+    with pytest.raises(ValueError, match="padding_mode='replicate' with temporal padding 1"):
+        O.Conv3d(2, 3, 3, padding=1, padding_mode="replicate")
+    with pytest.raises(ValueError, match="padding_mode='reflect'"):
+        O.continual(nn.Conv1d(2, 3, 3, padding=1, padding_mode="reflect"))
+
+
+def test_padding_same():
+    ref = nn.Conv3d(2, 3, (3, 4, 4), padding="same")
+    co = O.continual(ref)
+    clip = torch.randn(1, 2, 5, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), ref(clip), **TOL)
+    with pytest.raises(ValueError, match="asymmetrically"):
+        O.Conv2d(2, 3, (2, 3), padding="same")
+
+
+def test_padding_beyond_kernel_is_refused():
+    with pytest.raises(ValueError, match="exceeds"):
+        O.Conv1d(2, 2, 3, padding=3)
+
+
+def test_load_state_dict_invalidates_stacked_weight():
+    co = O.Conv2d(2, 3, (3, 3), padding=1)
+    clip = torch.randn(1, 2, 5, 4)
+    with torch.no_grad():
+        co.forward_steps(clip)  # caches the stacked weight
+        other = nn.Conv2d(2, 3, (3, 3), padding=1)
+        co.load_state_dict(other.state_dict())
+        co.reset_state()
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), other(clip), **TOL)
+        co.weight.mul_(2)  # in-place edits too
+        co.reset_state()
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), 2 * other(clip) - other.bias.view(1, 3, 1, 1), **TOL)
+
+
+def test_ring_buffer_is_written_in_place():
+    co = O.Conv3d(2, 2, 3, padding=1)
+    state = co.init_state(2)
+    _, state = co.step(torch.randn(2, 2, 3, 3), state)
+    ptr, pos_ptr = state.buffer.data_ptr(), state.pos.data_ptr()
+    for _ in range(5):
+        _, state = co.step(torch.randn(2, 2, 3, 3), state)
+    assert state.buffer.data_ptr() == ptr and state.pos.data_ptr() == pos_ptr
+    assert state.buffer.shape[1] == 3  # only the frames the kernel reads
+
+
+def test_strided_state_holds_only_the_kernel_frames_and_counters_saturate():
+    co = O.Conv1d(2, 2, 3, stride=2, padding=1)
+    state = co.init_state(1)
+    counts = []
+    for _ in range(20):
+        _, state = co.step(torch.randn(1, 2), state)
+        counts.append(state.count)
+    assert set(counts[5:]) <= {co.delay, co.delay + 1}
+
+
+def test_frame_shape_change_is_explained():
+    co = O.Conv2d(2, 2, (3, 1))
+    state = co.init_state(1)
+    _, state = co.step(torch.randn(1, 2, 5), state)
+    with pytest.raises(ValueError, match="frame shape cannot change"):
+        co.step(torch.randn(1, 2, 6), state)
+
+
+def test_step_is_differentiable():
+    co = O.Conv1d(2, 2, 3, padding=1)
+    clip = torch.randn(1, 2, 6)
+    out = co.forward_steps(clip, pad_end=True)
+    out.sum().backward()
+    ref_grad = torch.autograd.grad(nn.functional.conv1d(clip, co.weight, co.bias, padding=1).sum(), co.weight)[0]
+    torch.testing.assert_close(co.weight.grad, ref_grad, **TOL)
+
+
+@pytest.mark.parametrize("cls,frame", [(O.Conv3d, (2, 4, 4)), (O.Conv1d, (2,))])
+def test_streams_at_different_ring_positions_in_one_batch(cls, frame):
+    # delay 0 (temporal padding k-1): streams that saw different numbers of frames share a phase,
+    # so their states stack although their ring positions differ (gather-free step path)
+    co = cls(2, 3, 3, padding=2)
+    gen = torch.Generator().manual_seed(0)
+    clips = [torch.randn((1, 2, n) + frame[1:], generator=gen) for n in (4, 5, 9)]
+    with torch.no_grad():
+        states = []
+        for clip in clips:
+            _, s = co.step(clip[:, :, 0], co.init_state(1))
+            for t in range(1, clip.shape[2]):
+                _, s = co.step(clip[:, :, t], s)
+            states.append(s)
+        assert len({int(s.pos) for s in states}) == 3
+        x = torch.randn((3,) + frame, generator=gen)
+        y, _ = co.step(x, O.stack_states([O.clone_state(s) for s in states]))
+        for i, s in enumerate(states):
+            alone, _ = co.step(x[i : i + 1], s)
+            torch.testing.assert_close(y[i : i + 1], alone, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,154 @@
+"""Registry-driven contract tests for every continual operator, and the explicit state API."""
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+import operators as O
+from op_registry import CASES
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _clip(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _fold(module, clip, state):
+    outs = []
+    for t in range(clip.shape[2]):
+        y, state = module.step(clip[:, :, t], state)
+        if y is not None:
+            outs.append(y)
+    return outs, state
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_operator_contract(case):
+    ref, co, shape = case.make()
+    clip = _clip(shape)
+    batch, steps = shape[0], shape[2]
+    with torch.no_grad():
+        offline = co(clip)
+        if ref is not None:
+            torch.testing.assert_close(offline, ref(clip), rtol=0, atol=0)
+            assert list(co.state_dict()) == list(ref.state_dict())
+        assert co.delay == co.receptive_field - 1 - co.padding
+
+        # forward_steps(pad_end=True) == forward
+        co.reset_state()
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), offline, **TOL)
+
+        # folded explicit step == offline after `delay`, None before, one output per stride
+        state = co.init_state(batch)
+        outs = []
+        for t in range(steps):
+            y, state = co.step(clip[:, :, t], state)
+            if t < co.delay:
+                assert y is None, f"output before delay at step {t}"
+            if y is not None:
+                outs.append(y)
+        expected = 0 if steps <= co.delay else (steps - 1 - co.delay) // co.stride + 1
+        assert len(outs) == expected
+        if outs:
+            torch.testing.assert_close(torch.stack(outs, 2), offline[:, :, : len(outs)], **TOL)
+
+        # reset: a used internal state, reset, gives the fresh result again
+        co.reset_state()
+        co.forward_steps(_clip(shape, seed=5))
+        co.reset_state()
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), offline, **TOL)
+
+        # a batch of streams == each stream alone
+        for b in range(batch):
+            single, _ = _fold(co, clip[b : b + 1], co.init_state(1))
+            for y_batch, y_single in zip(outs, single):
+                torch.testing.assert_close(y_batch[b : b + 1], y_single, **TOL)
+
+        # save/restore and split/stack mid-stream give identical continuations
+        half = steps // 2
+        _, state = _fold(co, clip[:, :, :half], co.init_state(batch))
+        buf = io.BytesIO()
+        torch.save(O.state_to_dict(state), buf)
+        buf.seek(0)
+        restored = O.state_from_dict(co.init_state(batch), torch.load(buf))
+        restacked = O.stack_states(O.split_state(O.clone_state(state)))
+        cont, _ = _fold(co, clip[:, :, half:], state)
+        cont_restored, _ = _fold(co, clip[:, :, half:], restored)
+        cont_restacked, _ = _fold(co, clip[:, :, half:], restacked)
+        assert len(cont) == len(cont_restored) == len(cont_restacked)
+        for a, b, c in zip(cont, cont_restored, cont_restacked):
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+def test_batch_size_change_warns_and_restarts():
+    co = O.Conv3d(2, 3, 3, padding=1)
+    co.forward_steps(torch.randn(2, 2, 4, 3, 3))
+    with pytest.warns(UserWarning, match="batch size changed from 2 to 3"):
+        y = co.forward_step(torch.randn(3, 2, 3, 3))
+    assert y is None  # a new stream: warming up again
+
+
+def test_get_set_state_snapshot():
+    co = O.Conv1d(2, 2, 3, padding=1)
+    clip = torch.randn(1, 2, 8)
+    co.forward_steps(clip[:, :, :4])
+    snap = co.get_state()
+    a = co.forward_steps(clip[:, :, 4:])
+    co.set_state(snap)
+    b = co.forward_steps(clip[:, :, 4:])
+    assert torch.equal(a, b)
+
+
+def test_stack_fresh_with_stepped_state_materialises_zeros():
+    # delay 0 (padding = kernel - 1): a fresh state and a stepped one share the counter phase
+    co = O.Conv1d(2, 2, 3, padding=2)
+    clip = torch.randn(2, 2, 6)
+    _, s0 = _fold(co, clip[:1], co.init_state(1))
+    fresh = co.init_state(1)
+    both = O.stack_states([s0, fresh])
+    y, _ = co.step(clip[1:, :, 0].expand(2, -1).contiguous(), both)
+    alone, _ = co.step(clip[1:, :, 0], co.init_state(1))
+    torch.testing.assert_close(y[1:], alone, **TOL)
+
+
+def test_stack_states_at_different_phases_explains():
+    co = O.Conv1d(2, 2, 3, padding=1)
+    _, s1 = _fold(co, torch.randn(1, 2, 1), co.init_state(1))
+    with pytest.raises(ValueError, match="different warm-up or stride phases"):
+        O.stack_states([s1, co.init_state(1)])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: O.Conv3d(2, 3, 3, padding=1),
+        lambda: O.MaxPool3d(3, stride=1, padding=1),
+        lambda: O.Sequential(O.Conv3d(2, 3, 3, padding=1), O.ReLU(), O.Conv3d(3, 2, 3, padding=0)),
+    ],
+)
+def test_reset_one_stream_in_a_batch(make):
+    co = make().eval()
+    rf = co.receptive_field
+    old, new = torch.randn(3, 2, 6, 4, 4), torch.randn(1, 2, 8, 4, 4)
+    _, state = _fold(co, old, co.init_state(3))
+    state = O.reset_streams(state, [1], co.init_state(1))
+    batch_new = torch.cat([old[:1, :, :1].expand(-1, -1, 8, -1, -1), new, old[2:, :, :1].expand(-1, -1, 8, -1, -1)])
+    fresh_state = co.init_state(1)
+    for t in range(8):
+        y, state = co.step(batch_new[:, :, t], state)
+        y1, fresh_state = co.step(new[:, :, t], fresh_state)
+        if t >= rf - 1:  # past the restarted stream's warm-up its outputs are those of a fresh stream
+            torch.testing.assert_close(y[1:2], y1, **TOL)
+
+
+def test_drop_streams_keeps_the_others():
+    co = O.Conv1d(2, 2, 3, padding=1)
+    clip = torch.randn(3, 2, 5)
+    _, state = _fold(co, clip, co.init_state(3))
+    kept = O.drop_streams(O.clone_state(state), [1])
+    y_all, _ = co.step(clip[:, :, 0], state)
+    y_kept, _ = co.step(clip[[0, 2], :, 0], kept)
+    torch.testing.assert_close(y_kept, y_all[[0, 2]], **TOL)
