@@ -3,9 +3,11 @@
 Follows the original ST-GCN `Graph` (layout 'ntu-rgb+d', strategy 'spatial', max_hop 1, dilation 1):
 hop distances are computed only up to `max_hop` (farther pairs are at distance infinity), the
 adjacency of valid hops is column-normalised (`normalize_digraph`: A @ D^-1 with D the in-degree), and
-the normalised entries are split into K = 3 subsets by comparing each joint's hop distance to the
-centre joint (21, 1-indexed): root (equal distance, includes self-loops), centripetal (the neighbour is
-closer to the centre) and centrifugal (the neighbour is farther).
+the normalised entries are split into K = 3 subsets by comparing hop distances to the centre joint
+(21, 1-indexed). Entry [k, j, i] weights the message from joint j into joint i. Subset 0: self-loops
+(hop 0); subset 1: neighbours at the same distance to the centre as i plus neighbours j farther from
+the centre than i (the original's `a_root + a_close`); subset 2: neighbours j closer to the centre than
+i (the original's `a_further`).
 
 Faithfulness note: with max_hop 1 the original compares *truncated* distances, so two neighbours that
 are both more than one hop from the centre (distance inf == inf) land in the root subset. Checkpoints

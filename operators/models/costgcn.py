@@ -1,0 +1,301 @@
+"""CoST-GCN and CoST-GCN*: ST-GCN processing a skeleton stream one frame at a time.
+
+Same state dict as the offline `operators.models.stgcn.STGCN` (original ST-GCN keys), so original
+checkpoints load into either form. Per block: the graph conv `gcn` works on one frame (stateless), the
+temporal conv in `tcn` is a continual `operators.Conv2d` on layout (B, C, T, V) holding the last 9
+frames, and the shortcut is delayed by 4 frames (the centre tap of the kernel) to stay aligned with
+the conv output. Bodies are folded into the batch as offline; the continual state keeps the stream
+(batch) as its leading dimension so that per-stream stacking and splitting works.
+
+Variants (`VARIANTS`):
+- `costgcn`: the original ST-GCN (temporal padding 4, stride 2 in blocks 4 and 7). The backbone emits
+  one feature frame every 4 input frames (first after 76 frames); a prediction is the 1x1 `fcn` of
+  the mean of the last `ceil(ceil(T/2)/2)` feature frames (as many as offline ST-GCN pools over for a
+  T-frame clip), so predictions come every 4 frames. Exact: every emitted feature frame equals the
+  offline backbone's output at the same index on the whole stream (zero-padded at its start), and the
+  prediction equals the offline head applied to those frames. Not equal to re-running offline
+  ST-GCN on the last T frames: that run zero-pads every layer at both ends of the window, the stream
+  does not (the streaming semantics of the CoST-GCN paper).
+- `costgcn_star`: no temporal padding, stride 1 (ST-GCN*): backbone receptive field 81 frames, a
+  prediction every frame once T frames were seen (delay T - 1); it equals offline ST-GCN* on the last
+  T frames within float tolerance (the pool averages T - 80 feature frames).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from operators.base import ContinualModule
+from operators.convert import continual
+from operators.delay import Delay
+from operators.models.ntu_graph import NUM_JOINTS
+from operators.models.stgcn import (
+    STGCN, TEMPORAL_KERNEL, STGCNBlock, STGCNConfig, STGCNForward, graph_aggregate,
+)
+from operators.models.weights import load_weights
+from operators.pool import AdaptiveAvgPool1d
+
+log = logging.getLogger("costream.models")
+
+VARIANTS: tuple[str, ...] = ("costgcn", "costgcn_star")
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _map_tensors(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply `fn` to every tensor of a nested operator state (dataclasses, tuples, lists).
+
+    Runs twice per step (fold/unfold of the bodies), so it avoids `dataclasses.replace`: a shallow
+    copy with the mapped fields set directly (frozen dataclasses included).
+    """
+    if isinstance(state, Tensor):
+        return fn(state)
+    if state is None or isinstance(state, (int, float, bool, str)):
+        return state
+    if isinstance(state, (tuple, list)):
+        return type(state)([_map_tensors(s, fn) for s in state])
+    cls = type(state)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        if not dataclasses.is_dataclass(state):
+            raise TypeError(f"unsupported state field type {cls.__name__}")
+        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(state)))
+    out = copy.copy(state)
+    for name in names:
+        object.__setattr__(out, name, _map_tensors(getattr(state, name), fn))
+    return out
+
+
+def _fold_bodies(state: Any, bodies: int) -> Any:
+    """(B*M, ...) tensors -> (B, M, ...) views: the stream is the leading dim of every state tensor."""
+    return _map_tensors(state, lambda t: t.view(t.shape[0] // bodies, bodies, *t.shape[1:]))
+
+
+def _unfold_bodies(state: Any) -> Any:
+    """(B, M, ...) -> (B*M, ...) views sharing storage, as the per-body operators expect."""
+    return _map_tensors(state, lambda t: t.view(t.shape[0] * t.shape[1], *t.shape[2:]))
+
+
+@dataclass
+class BlockState:
+    """One block: the temporal conv branch, the delayed shortcut and its 1x1 conv (if any)."""
+
+    tcn: Any
+    shortcut: Any
+    residual: Any
+
+
+@dataclass
+class CoSTGCNState:
+    """Backbone states with tensors (B, M, ...) (bodies folded for stepping) and the head's window."""
+
+    blocks: tuple[BlockState, ...]
+    pool: Any
+
+
+class CoSTGCNBlock(nn.Module):
+    """Continual ST-GCN block: per-frame graph conv, continual temporal conv, delayed shortcut."""
+
+    def __init__(self, block: STGCNBlock) -> None:
+        super().__init__()
+        self.gcn = block.gcn
+        self.tcn = continual(block.tcn)
+        conv = self.tcn[2]
+        crop = 0 if conv.padding else (TEMPORAL_KERNEL - 1) // 2
+        self.has_residual = block.has_residual
+        # The conv output at step t is centred on input t - 4: the shortcut pairs it with that frame.
+        self.shortcut = Delay(conv.delay, crop_start=crop, crop_end=crop) if block.has_residual else None
+        self.residual = None if block.residual is None else continual(block.residual)
+
+    @property
+    def conv(self) -> nn.Module:
+        return self.tcn[2]
+
+    def forward(self, x: Tensor, adjacency: Tensor) -> Tensor:
+        """Offline: (N, C, T, V) -> (N, C', T', V), the same computation as `STGCNBlock`."""
+        y = self.tcn(self.gcn(x, adjacency))
+        if not self.has_residual:
+            return F.relu(y)
+        res = self.shortcut(x)
+        return F.relu(y + (res if self.residual is None else self.residual(res)))
+
+    def init_state(self, batch_size: int, device: Any, dtype: Any) -> BlockState:
+        return BlockState(
+            self.tcn.init_state(batch_size, device, dtype),
+            None if self.shortcut is None else self.shortcut.init_state(batch_size, device, dtype),
+            None if self.residual is None else self.residual.init_state(batch_size, device, dtype),
+        )
+
+    def step(self, x: Tensor, adjacency: Tensor, state: BlockState) -> tuple[Optional[Tensor], BlockState]:
+        """x (N, C, V) one frame -> (N, C', V) or None (warm-up, or between strided outputs)."""
+        res, shortcut_state, residual_state = None, state.shortcut, state.residual
+        if self.shortcut is not None:
+            res, shortcut_state = self.shortcut.step(x, shortcut_state)
+            if res is not None and self.residual is not None:
+                res, residual_state = self.residual.step(res, residual_state)
+        w = self.gcn.conv.weight
+        g = graph_aggregate(F.conv1d(x, w.view(w.shape[0], w.shape[1], 1), self.gcn.conv.bias), adjacency,
+                            self.gcn.num_subsets)
+        y, tcn_state = self.tcn.step(g, state.tcn)
+        new_state = BlockState(tcn_state, shortcut_state, residual_state)
+        if y is None:
+            return None, new_state
+        if self.has_residual:
+            if res is None:
+                raise RuntimeError("CoST-GCN block: shortcut and temporal conv fell out of step (a bug)")
+            y = y + res
+        return F.relu(y), new_state
+
+
+class CoSTGCN(STGCNForward, ContinualModule):
+    """Continual ST-GCN (CoST-GCN or CoST-GCN*) with the original ST-GCN state dict.
+
+    Step input: one skeleton frame (B, C=3, V=25, M=2); output (B, classes) logits or None.
+    `forward(clip)` is the offline model: (N, C, T, V, M) -> (N, classes), pooling over every output
+    frame of the backbone (equal to `STGCN.forward` with the same config and weights).
+    """
+
+    def __init__(self, config: STGCNConfig | None = None, window: int = 300, offline: STGCN | None = None) -> None:
+        super().__init__()
+        offline = offline if offline is not None else STGCN(config)
+        self.config = cfg = offline.config
+        if window < 1:
+            raise ValueError(f"window (clip length T in frames) must be >= 1, got {window}")
+        self.window = window
+        self.register_buffer("A", offline.A.clone())
+        self.data_bn = offline.data_bn
+        self.st_gcn_networks = nn.ModuleList(CoSTGCNBlock(b) for b in offline.st_gcn_networks)
+        self.edge_importance = offline.edge_importance
+        self.fcn = offline.fcn
+        pooled = self.feature_frames(window)
+        if pooled < 1:
+            raise ValueError(
+                f"window={window} frames is shorter than the backbone's receptive field "
+                f"({cfg.backbone_receptive_field} frames without temporal padding); use window >= "
+                f"{cfg.backbone_receptive_field}"
+            )
+        self.pool = AdaptiveAvgPool1d(1, window=pooled)
+
+    # Temporal geometry ---------------------------------------------------------------------------
+    def feature_frames(self, clip_frames: int) -> int:
+        """Backbone output frames offline ST-GCN pools over for a clip of `clip_frames` frames."""
+        t = clip_frames
+        for block in self.st_gcn_networks:
+            conv = block.conv
+            t = (t + 2 * conv.padding - TEMPORAL_KERNEL) // conv.stride + 1
+        return t
+
+    def _layers(self) -> list[nn.Module]:
+        return [b.conv for b in self.st_gcn_networks] + [self.pool]
+
+    @property
+    def receptive_field(self) -> int:
+        rf = 1
+        for layer in reversed(self._layers()):
+            rf = layer.stride * rf + layer.receptive_field - layer.stride
+        return rf
+
+    @property
+    def stride(self) -> int:
+        return math.prod(layer.stride for layer in self._layers())
+
+    @property
+    def padding(self) -> int:
+        total, scale = 0, 1
+        for layer in self._layers():
+            total += layer.padding * scale
+            scale *= layer.stride
+        return total
+
+    # Continual -----------------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> CoSTGCNState:
+        bodies = self.config.num_bodies
+        blocks = tuple(b.init_state(batch_size * bodies, device, dtype) for b in self.st_gcn_networks)
+        return CoSTGCNState(_fold_bodies(blocks, bodies), self.pool.init_state(batch_size, device, dtype))
+
+    def step_features(self, x: Tensor, blocks: tuple[BlockState, ...]) -> tuple[Optional[Tensor], tuple]:
+        """Backbone step on one frame (B, C, V, M): (B*M, 256, V) or None, and the new block states."""
+        cfg = self.config
+        if x.dim() != 4 or x.shape[1] != cfg.in_channels or x.shape[2] != NUM_JOINTS or x.shape[3] != cfg.num_bodies:
+            raise ValueError(
+                f"CoST-GCN step expects one skeleton frame (B, C={cfg.in_channels}, V={NUM_JOINTS}, "
+                f"M={cfg.num_bodies}), got {tuple(x.shape)}"
+            )
+        b, c, v, m = x.shape
+        h = x.permute(0, 3, 2, 1)  # (B, M, V, C)
+        h = h.reshape(b, m * v * c) if cfg.data_bn_over_bodies else h.reshape(b * m, v * c)
+        bn = self.data_bn
+        h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        h = h.view(b, m, v, c).permute(0, 1, 3, 2).reshape(b * m, c, v)
+        states = list(blocks)
+        for i, block in enumerate(self.st_gcn_networks):
+            h, states[i] = block.step(h, self.adjacency(i), states[i])
+            if h is None:
+                return None, tuple(states)
+        return h, tuple(states)
+
+    def step(self, x: Tensor, state: CoSTGCNState) -> tuple[Optional[Tensor], CoSTGCNState]:
+        if self.training:
+            raise ValueError("CoST-GCN steps in eval mode only (BatchNorm running statistics); call .eval()")
+        feat, blocks = self.step_features(x, _unfold_bodies(state.blocks))
+        blocks = _fold_bodies(blocks, self.config.num_bodies)
+        if feat is None:
+            return None, CoSTGCNState(blocks, state.pool)
+        b = x.shape[0]
+        pooled_frame = feat.mean(dim=2).view(b, self.config.num_bodies, -1).mean(dim=1)  # (B, 256)
+        pooled, pool_state = self.pool.step(pooled_frame, state.pool)
+        new_state = CoSTGCNState(blocks, pool_state)
+        if pooled is None:
+            return None, new_state
+        w = self.fcn.weight
+        return F.linear(pooled.reshape(b, -1), w.view(w.shape[0], w.shape[1]), self.fcn.bias), new_state
+
+    def extra_repr(self) -> str:
+        return (f"variant={'costgcn' if self.config.temporal_padding else 'costgcn_star'}, window={self.window}, "
+                f"pooled_feature_frames={self.pool.window}")
+
+
+def variant_config(variant: str, num_classes: int = 60, **kwargs: Any) -> STGCNConfig:
+    """STGCNConfig of a variant: `costgcn` (padded, strided) or `costgcn_star` (neither)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown CoST-GCN variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    star = variant == "costgcn_star"
+    return STGCNConfig(num_classes=num_classes, temporal_padding=not star, strided=not star, **kwargs)
+
+
+def build_stgcn(variant: str = "costgcn", num_classes: int = 60, weights: str | None = None,
+                **kwargs: Any) -> STGCN:
+    """Offline ST-GCN (variant costgcn) or ST-GCN* (costgcn_star), weights loaded when given."""
+    model = STGCN(variant_config(variant, num_classes, **kwargs))
+    if weights:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def build_costgcn(variant: str = "costgcn_star", num_classes: int = 60, window: int = 300,
+                  weights: str | None = None, **kwargs: Any) -> CoSTGCN:
+    """CoST-GCN / CoST-GCN* in eval mode; an original ST-GCN checkpoint loads unchanged."""
+    model = CoSTGCN(variant_config(variant, num_classes, **kwargs), window=window)
+    if weights:
+        load_weights(model, weights)
+    else:
+        log.warning("%s: no weights given; using random initialisation (predictions are meaningless)", variant)
+    return model.eval()
+
+
+def zoo_build(form: str, variant: str, num_classes: int = 60, window: int = 300, **kwargs: Any) -> nn.Module:
+    """Builder behind the zoo entries stgcn / costgcn / costgcn_star (no weights: the zoo loads them).
+
+    `window` (the clip length T of a prediction) applies to the continual form only.
+    """
+    config = variant_config(variant, num_classes, **kwargs)
+    model = STGCN(config) if form == "offline" else CoSTGCN(config, window=window)
+    return model.eval()
