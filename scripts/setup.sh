@@ -13,3 +13,9 @@ if ! python -c "import torch" >/dev/null 2>&1; then
   python -m pip install -q "torch==${COSTREAM_TORCH_VERSION:-2.13.0}"
 fi
 python -m pip install -q -e ".[dev]"
+# PyTorchVideo is only the oracle that tests check X3D against. Its x3d module needs none of its
+# declared dependencies beyond these, and pulling torchvision would replace the pinned torch build.
+if [ "${COSTREAM_SKIP_PYTORCHVIDEO:-0}" != "1" ] && ! python -c "import pytorchvideo" >/dev/null 2>&1; then
+  python -m pip install -q --no-deps pytorchvideo==0.1.5 fvcore==0.1.5.post20221221 iopath==0.1.10 \
+    portalocker==3.1.1 termcolor==3.3.0 tabulate==0.10.0 tqdm==4.70.1
+fi
