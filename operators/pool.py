@@ -158,8 +158,9 @@ class _AvgPoolNd(_PoolNd):
             return x
         k, s, p = self._k[1:], self._s[1:], self._p[1:]
         if self.divisor_override:  # the window sum; divided by divisor_override after the temporal sum
-            if self._nd == 2:
-                return F.avg_pool1d(x, k, s, p, self.ceil_mode, True) * k[0]
+            if self._nd == 2:  # avg_pool1d has no divisor_override; a (1, k) avg_pool2d does
+                summed = F.avg_pool2d(x.unsqueeze(-2), (1, k[0]), (1, s[0]), (0, p[0]), self.ceil_mode, True, 1)
+                return summed.squeeze(-2)
             return F.avg_pool2d(x, k, s, p, self.ceil_mode, True, 1)
         if self._nd == 2:
             return F.avg_pool1d(x, k, s, p, self.ceil_mode, self.count_include_pad)

@@ -94,3 +94,11 @@ def test_global_pool_needs_a_window():
         O.AdaptiveAvgPool2d((1, 1)).init_state(1)
     with pytest.raises(ValueError, match="temporal output size must be 1"):
         O.AdaptiveAvgPool3d((2, 1, 1), window=3)
+
+
+def test_avg_pool2d_divisor_override_with_spatial_ceil_mode_partial_window():
+    """Regression (found by hypothesis): the spatial window sum must not assume full windows."""
+    ref = torch.nn.AvgPool2d((2, 2), stride=(1, 2), padding=(1, 0), ceil_mode=True, divisor_override=1)
+    co = O.continual(ref)
+    clip = torch.randn(1, 2, 3, 5)
+    torch.testing.assert_close(co.forward_steps(clip, pad_end=True), ref(clip), **TOL)
