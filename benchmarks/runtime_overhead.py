@@ -4,6 +4,7 @@ Measured in one process, one after the other on the same machine:
 - per-hop latency with one frame in flight: the source emits the next frame only after the sink has
   consumed the previous one; per-hop = end-to-end / 9 hand-offs (source -> 8 nodes -> sink);
 - throughput free-running over --frames frames, lossless (`block`) edges;
+- the same chain with every node fused into the source's thread (`fuse: true`, operator chaining);
 - a plain Python call chain (8 `process` calls per frame, no threads) as the floor;
 - a bare thread hand-off: 9 threads chained with threading.Condition + deque only (what any threaded
   runtime pays to wake the next worker), one frame in flight and free-running.
@@ -74,10 +75,12 @@ def chain_spec(source: NodeSpec, sink: NodeSpec, warmup: int) -> PipelineSpec:
     return PipelineSpec("runtime_overhead", tuple(nodes), warmup_frames=warmup)
 
 
-def runtime_latency(count: int, warmup: int) -> np.ndarray:
+def runtime_latency(count: int, warmup: int, fused: bool = False) -> np.ndarray:
+    """Per-hop latency; `fused` runs every node in the source's thread (operator chaining)."""
     params = GateParams(count=count)
     spec = chain_spec(NodeSpec("src", "ping", PingSource, params), NodeSpec("sink", "pong", PongSink, params), warmup)
-    report = LocalExecutor(spec, free_running=True).run()
+    fuse = [n.name for n in spec.nodes if n.role != "source"] if fused else []
+    report = LocalExecutor(spec, free_running=True, fuse=fuse).run()
     return report.e2e_samples_ms["sink"] * 1e3 / HANDOFFS  # us per hop
 
 
@@ -175,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     warmup = min(100, lat_frames // 10)
 
     rt_hop = runtime_latency(lat_frames, warmup)  # already skips the warm-up
+    fused_hop = runtime_latency(lat_frames, warmup, fused=True)
     bare_hop, _ = bare_threads(lat_frames, one_in_flight=True)
     bare_hop = bare_hop[warmup:]
     plain_hop, plain_fps = plain_chain(max(frames, 1000))
@@ -184,6 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     res = {
         "frames": frames, "latency_frames": lat_frames, "warmup": warmup, "hops": HOPS,
         "runtime": {"per_hop_p50_us": pct(rt_hop, 50), "per_hop_p99_us": pct(rt_hop, 99), "throughput_fps": rt_fps},
+        "runtime_fused": {"per_hop_p50_us": pct(fused_hop, 50), "per_hop_p99_us": pct(fused_hop, 99)},
         "bare_threads": {"per_hop_p50_us": pct(bare_hop, 50), "per_hop_p99_us": pct(bare_hop, 99),
                          "throughput_fps": bare_fps},
         "plain_python": {"per_hop_p50_us": pct(plain_hop, 50), "per_hop_p99_us": pct(plain_hop, 99),
@@ -193,8 +198,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"chain of {HOPS} pass-through nodes ({HANDOFFS} hand-offs), python {sys.version.split()[0]}, "
           f"{lat_frames} frames one-in-flight (first {warmup} skipped), {frames} frames free-running")
     print(f"{'':<26}{'hop p50 us':>12}{'hop p99 us':>12}{'frames/s':>12}")
-    for label, row in (("costream LocalExecutor", r), ("bare thread hand-off", b), ("plain Python calls", p)):
-        print(f"{label:<26}{row['per_hop_p50_us']:>12.2f}{row['per_hop_p99_us']:>12.2f}{row['throughput_fps']:>12.0f}")
+    for label, row in (("costream LocalExecutor", r), ("  with fuse: true", res["runtime_fused"]),
+                       ("bare thread hand-off", b), ("plain Python calls", p)):
+        fps = f"{row['throughput_fps']:>12.0f}" if "throughput_fps" in row else f"{'-':>12}"
+        print(f"{label:<26}{row['per_hop_p50_us']:>12.2f}{row['per_hop_p99_us']:>12.2f}{fps}")
     print(f"per-hop p50: {r['per_hop_p50_us']:.1f} us")
     print(f"bare thread hand-off p50: {b['per_hop_p50_us']:.1f} us")
     print(f"runtime / bare hand-off (p50): {r['per_hop_p50_us'] / b['per_hop_p50_us']:.2f}x; "

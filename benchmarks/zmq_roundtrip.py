@@ -1,6 +1,10 @@
 """Request/reply round trip through `costream serve` (pass-through pipeline) next to a raw pyzmq
-REQ/REP echo of the same payloads, both servers in their own processes, measured in one run with
-interleaved rounds so machine noise hits both alike.
+REQ/REP echo of the same payloads, all servers in their own processes, measured in one run with
+interleaved rounds so machine noise hits them alike.
+
+Two variants of ours: `ours` serves the pipeline with operator chaining (`--fuse identity,replies`:
+the pass-through and the reply sink run in the source's thread, the reply goes straight onto the
+ROUTER), `unfused` with one thread per node (three thread hand-offs per request).
 
     python benchmarks/zmq_roundtrip.py            # full run
     python benchmarks/zmq_roundtrip.py --quick    # a few seconds, to check it works
@@ -34,6 +38,7 @@ PAYLOADS = {
     "4 MB": (4 * 1024 * 1024,),
 }
 GOAL_RATIO = 1.3
+VARIANTS = {"ours": ["--fuse", "identity,replies"], "unfused": ["--no-fuse"]}  # extra `costream serve` arguments
 
 ECHO_SERVER = """
 import sys, zmq
@@ -69,61 +74,74 @@ def wait_for_ours(client: Client, proc: subprocess.Popen, timeout: float = 60.0)
                 raise
 
 
-def run(iterations: int, rounds: int, warmup: int) -> dict:
-    ours_ep, raw_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+def run(iterations: int, rounds: int, warmup: int, variants: dict[str, list[str]] = VARIANTS) -> dict:
+    raw_ep = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    serve = subprocess.Popen([sys.executable, "-c", "import sys; from stream.cli import main; sys.exit(main())",
-                              "serve", str(REPO / "pipelines" / "serve_passthrough.yaml"), "--endpoint", ours_ep],
-                             env=env, cwd=REPO)  # exactly what `costream serve` runs
+    servers: dict[str, subprocess.Popen] = {}
+    clients: dict[str, Client] = {}
     echo = subprocess.Popen([sys.executable, "-c", ECHO_SERVER, raw_ep], env=env)
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
     req.connect(raw_ep)
     results: dict[str, dict] = {}
     try:
-        with Client(ours_ep, timeout=30) as client:
-            wait_for_ours(client, serve)
-            for label, shape in PAYLOADS.items():
-                arr = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-                raw_buf = memoryview(arr.reshape(-1))
-                copy = arr.nbytes < 64 * 1024
+        for name, extra in variants.items():
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            servers[name] = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from stream.cli import main; sys.exit(main())", "serve",
+                 str(REPO / "pipelines" / "serve_passthrough.yaml"), "--endpoint", endpoint, *extra],
+                env=env, cwd=REPO)  # exactly what `costream serve` runs
+            clients[name] = Client(endpoint, timeout=30)
+        for name, client in clients.items():
+            wait_for_ours(client, servers[name])
+        for label, shape in PAYLOADS.items():
+            arr = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+            raw_buf = memoryview(arr.reshape(-1))
+            copy = arr.nbytes < 64 * 1024
 
-                def ours() -> None:
-                    reply = client.request(arr)
-                    if reply.arrays["input"].nbytes != arr.nbytes:
-                        raise RuntimeError("wrong reply size")
+            def ours(client: Client) -> None:
+                reply = client.request(arr)
+                if reply.arrays["input"].nbytes != arr.nbytes:
+                    raise RuntimeError("wrong reply size")
 
-                def raw() -> None:
-                    req.send_multipart([b"h", raw_buf], copy=copy)
-                    if len(req.recv_multipart(copy=False)[1]) != arr.nbytes:
-                        raise RuntimeError("wrong echo size")
+            def raw() -> None:
+                req.send_multipart([b"h", raw_buf], copy=copy)
+                if len(req.recv_multipart(copy=False)[1]) != arr.nbytes:
+                    raise RuntimeError("wrong echo size")
 
-                for fn in (ours, raw):
-                    for _ in range(warmup):
+            calls = {name: (lambda c=client: ours(c)) for name, client in clients.items()}
+            calls["raw"] = raw
+            for fn in calls.values():
+                for _ in range(warmup):
+                    fn()
+            samples: dict[str, list[float]] = {key: [] for key in calls}
+            per_round = max(1, iterations // rounds)
+            for _ in range(rounds):
+                for key, fn in calls.items():
+                    for _ in range(per_round):
+                        t0 = time.perf_counter()
                         fn()
-                samples: dict[str, list[float]] = {"ours": [], "raw": []}
-                per_round = max(1, iterations // rounds)
-                for _ in range(rounds):
-                    for key, fn in (("ours", ours), ("raw", raw)):
-                        for _ in range(per_round):
-                            t0 = time.perf_counter()
-                            fn()
-                            samples[key].append((time.perf_counter() - t0) * 1e6)
-                row = {"bytes": int(arr.nbytes), "n": len(samples["ours"])}
-                for key, vals in samples.items():
-                    row[f"{key}_p50_us"] = percentile(vals, 50)
-                    row[f"{key}_p99_us"] = percentile(vals, 99)
-                row["ratio_p50"] = row["ours_p50_us"] / row["raw_p50_us"]
-                results[label] = row
+                        samples[key].append((time.perf_counter() - t0) * 1e6)
+            row = {"bytes": int(arr.nbytes), "n": len(samples["raw"])}
+            for key, vals in samples.items():
+                row[f"{key}_p50_us"] = percentile(vals, 50)
+                row[f"{key}_p99_us"] = percentile(vals, 99)
+            for key in clients:
+                row[f"{key}_ratio_p50"] = row[f"{key}_p50_us"] / row["raw_p50_us"]
+            results[label] = row
     finally:
+        for client in clients.values():
+            client.close()
         req.close(linger=0)
         ctx.term()
         echo.kill()
-        serve.send_signal(2)
-        try:
-            serve.wait(20)
-        except subprocess.TimeoutExpired:
-            serve.kill()
+        for serve in servers.values():
+            serve.send_signal(2)
+        for serve in servers.values():
+            try:
+                serve.wait(20)
+            except subprocess.TimeoutExpired:
+                serve.kill()
         echo.wait(20)
     return results
 
@@ -134,14 +152,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="60 round trips per payload (checks it works)")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also measure the pipeline without operator chaining (one thread per node)")
     args = parser.parse_args(argv)
     iterations, warmup = (60, 5) if args.quick else (args.iterations, 50)
-    results = run(iterations, min(args.rounds, iterations), warmup)
-    print(f"{'payload':<18}{'ours p50':>11}{'ours p99':>11}{'raw p50':>11}{'raw p99':>11}{'p50 ratio':>11}  goal")
+    variants = VARIANTS if args.unfused else {"ours": VARIANTS["ours"]}
+    results = run(iterations, min(args.rounds, iterations), warmup, variants)
+    names = [*variants, "raw"]
+    print(f"{'payload':<18}" + "".join(f"{n + ' p50':>13}{n + ' p99':>13}" for n in names)
+          + "".join(f"{n + ' ratio':>15}" for n in variants) + "  goal (ours)")
     for label, r in results.items():
-        goal = "" if r["bytes"] < 224 * 224 * 3 else ("ok" if r["ratio_p50"] <= GOAL_RATIO else f"> {GOAL_RATIO}x")
-        print(f"{label:<18}{r['ours_p50_us']:>9.0f}us{r['ours_p99_us']:>9.0f}us{r['raw_p50_us']:>9.0f}us"
-              f"{r['raw_p99_us']:>9.0f}us{r['ratio_p50']:>10.2f}x  {goal}")
+        ratio = r["ours_ratio_p50"]
+        goal = "" if r["bytes"] < 224 * 224 * 3 else ("ok" if ratio <= GOAL_RATIO else f"> {GOAL_RATIO}x")
+        print(f"{label:<18}" + "".join(f"{r[n + '_p50_us']:>11.0f}us{r[n + '_p99_us']:>11.0f}us" for n in names)
+              + "".join(f"{r[n + '_ratio_p50']:>14.2f}x" for n in variants) + f"  {goal}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"quick": args.quick, "goal_ratio": GOAL_RATIO, "results": results},

@@ -21,7 +21,7 @@ from stream.yaml_loader import LocatedDict, LocatedList, load_yaml
 
 TOP_LEVEL_FIELDS = ("version", "name", "description", "options", "nodes")
 OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames")
-NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch")
+NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
 INPUT_FIELDS = ("from", "queue_size", "policy")
 JOIN_FIELDS = ("timeout_s", "max_pending")
 DEVICE_RE = re.compile(r"^(cpu|cuda(:(\d+))?)$")

@@ -192,11 +192,13 @@ class PipelineChecker:
         join = self.join(name, raw)
         rate_hz = self.rate(name, raw, role)
         max_batch = self.max_batch(name, raw, role)
+        fuse = self.fuse(name, raw, role)
         self.partial[name] = _Partial(name, str(kind), role, inputs, join is not None, raw)
         if not ok or device is None or not inputs_ok or on_error is None:
             return None
         return NodeSpec(name=name, kind=kind, node_class=cls, params=params, inputs=tuple(inputs), device=device,
-                        on_error=on_error, join=join, rate_hz=rate_hz, max_batch=max_batch, location=loc)
+                        on_error=on_error, join=join, rate_hz=rate_hz, max_batch=max_batch, location=loc,
+                        fuse=fuse)
 
     def device(self, name: str, raw: Mapping[str, Any], allow_fallback: bool) -> str | None:
         device = raw.get("device", "cpu")
@@ -319,6 +321,17 @@ class PipelineChecker:
         self.error(f"rate_hz must be a number > 0, 'native', or omitted (free-running), got {value!r}",
                    raw, "rate_hz", name, "rate_hz")
         return None
+
+    def fuse(self, name: str, raw: Mapping[str, Any], role: str | None) -> bool:
+        value = raw.get("fuse", False)
+        if not isinstance(value, bool):
+            self.error(f"fuse must be true or false, got {value!r}", raw, "fuse", name, "fuse")
+            return False
+        if value and role == "source":
+            self.error(f"fuse runs a node in its producer's thread, but {name!r} is a source; remove it",
+                       raw, "fuse", name, "fuse")
+            return False
+        return value
 
     def max_batch(self, name: str, raw: Mapping[str, Any], role: str | None) -> int:
         value = raw.get("max_batch", 1)

@@ -106,6 +106,18 @@ class Edge:
                 inbox._wake.release()
         return True
 
+    def pass_through(self) -> bool:
+        """Count a frame handed straight to a consumer running in the producer's thread (operator
+        chaining, no queue); False (counted as discarded) if the consumer has stopped."""
+        counters = self.counters
+        with self._inbox._lock:
+            counters.offered += 1
+            if self._inbox._closed:
+                counters.discarded += 1
+                return False
+            counters.delivered += 1
+        return True
+
     def _make_room(self, frame: Frame) -> bool:
         """Apply the policy before appending `frame` (inbox lock held); False if the inbox closed."""
         inbox = self._inbox

@@ -11,6 +11,14 @@ close their output edges, every downstream worker drains its queues and ends, an
 nodes down in pipeline order and returns the `RunReport`. A node that raises on a frame has the frame
 counted as failed and logged with node/stream/seq; under `on_error: stop` the run stops with a fatal
 error (the failing node's queued frames are discarded and counted, the rest of the pipeline drains).
+
+Operator chaining (`fuse: true` on a node, or `LocalExecutor(..., fuse=[names])`): the node runs in
+its producer's worker thread, called directly for every frame the producer emits, instead of in its
+own thread behind a queue. That removes a thread hand-off (tens of microseconds, more on a loaded
+machine) per hop, at the price of pipelining: producer and consumer no longer overlap. Allowed only
+for a node with exactly one input, whose policy is `block`, whose producer feeds no other node, on
+the same device, without `join` or `max_batch`. The edge still counts every frame (offered =
+delivered + discarded) and the node keeps its own metrics.
 """
 from __future__ import annotations
 
@@ -19,7 +27,7 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Protocol
+from typing import Any, Collection, Protocol
 
 from stream.edges import Edge, Inbox
 from stream.frame import Frame, now_ns
@@ -28,7 +36,7 @@ from stream.metrics import LatencyStats, NodeMetrics, samples_ms
 from stream.node import NodeContext, as_frames
 from stream.placement import DevicePlacement, DeviceUnavailableError, resolve_device
 from stream.report import EdgeReport, ErrorRecord, NodeReport, RunReport
-from stream.spec import ErrorPolicy, NodeSpec, PipelineSpec
+from stream.spec import ErrorPolicy, NodeSpec, PipelineSpec, QueuePolicy
 
 log = logging.getLogger("costream.executor")
 
@@ -76,16 +84,27 @@ class _Worker:
         self.errors_seen = 0
         self.length: int | None = None  # sources: frames announced (and capped by max_frames)
         self.period_ns = 0  # sources: pacing period, 0 when free-running
+        self.fused: _Worker | None = None  # the consumer run inside this worker's thread (operator chaining)
+        self.host: _Worker | None = None  # fused nodes: the worker whose thread runs this node
+
+    @property
+    def alive(self) -> bool:
+        thread = (self.host or self).thread
+        return thread is not None and thread.is_alive()
 
 
 class LocalExecutor:
     """Runs a `PipelineSpec` in this process with one worker thread per node."""
 
     def __init__(self, spec: PipelineSpec, free_running: bool = False, max_frames: int | None = None, *,
-                 clock: Clock | None = None, max_error_records: int = 20) -> None:
+                 clock: Clock | None = None, max_error_records: int = 20, fuse: Collection[str] = ()) -> None:
         if max_frames is not None and max_frames < 0:
             raise ValueError(f"max_frames must be None or >= 0, got {max_frames}")
+        if isinstance(fuse, str):
+            raise TypeError(f"fuse must be a collection of node names, got the string {fuse!r}; write [{fuse!r}]")
         self.spec = spec
+        # Nodes to run in their producer's thread: `fuse: true` in the spec, plus these names.
+        self.fuse = frozenset(fuse) | {n.name for n in spec.nodes if getattr(n, "fuse", False)}
         self.free_running = free_running
         self.max_frames = max_frames
         self.max_error_records = max_error_records
@@ -115,8 +134,7 @@ class LocalExecutor:
 
     @property
     def running(self) -> bool:
-        return self._state == "running" and any(w.thread is not None and w.thread.is_alive()
-                                                for w in list(self._workers.values()))
+        return self._state == "running" and any(w.alive for w in list(self._workers.values()))
 
     def start(self) -> "LocalExecutor":
         if self._state != "new":
@@ -133,6 +151,9 @@ class LocalExecutor:
         workers = list(self._workers.values())
         # Consumers first, so that the first frame of a source finds its consumers waiting.
         for worker in sorted(workers, key=lambda w: w.spec.role == "source"):
+            if worker.host is not None:
+                worker.metrics.t_start = self._t_start
+                continue  # runs in its producer's thread
             target = self._run_source if worker.spec.role == "source" else self._run_consumer
             worker.thread = threading.Thread(target=target, args=(worker,), name=f"costream-{worker.spec.name}",
                                              daemon=True)
@@ -225,7 +246,7 @@ class LocalExecutor:
                 "dropped": sum(e.counters.dropped + e.counters.discarded for e in edges)
                 + (w.joiner.counters.incomplete if w.joiner is not None else 0),
                 "throughput_hz": m.throughput_hz(now),
-                "alive": w.thread is not None and w.thread.is_alive(),
+                "alive": w.alive,
             }
             if m.role == "source":
                 sources[name] = {"produced": m.frames_out, "length": w.length}
@@ -293,6 +314,45 @@ class LocalExecutor:
                 self._workers[inp.source].outputs.append(edge)
             if spec.join is not None:
                 worker.joiner = Joiner([i.source for i in spec.inputs], spec.join)
+        unknown = sorted(self.fuse - set(self._workers))
+        if unknown:
+            raise ValueError(f"fuse names {unknown}, which are not nodes of the pipeline "
+                             f"(nodes: {list(self._workers)})")
+        for name in self.fuse:
+            self._fuse(self._workers[name])
+
+    def _fuse(self, worker: _Worker) -> None:
+        """Check that `worker` may run in its producer's thread and link the two (operator chaining)."""
+        spec = worker.spec
+        why = None
+        if spec.role == "source":
+            why = "it is a source (only operators and sinks run in a producer's thread)"
+        elif len(spec.inputs) != 1 or spec.join is not None:
+            joined = " and a join" if spec.join is not None else ""
+            why = f"it has {len(spec.inputs)} inputs{joined}; it needs exactly one"
+        elif QueuePolicy(spec.inputs[0].policy) is not QueuePolicy.BLOCK:
+            why = (f"its input policy is {QueuePolicy(spec.inputs[0].policy).value}; only `block` edges are fused "
+                   "(dropping policies need a queue to drop from)")
+        elif spec.role == "operator" and spec.max_batch != 1:
+            why = f"it has max_batch {spec.max_batch}; batching needs a queue"
+        if why is None:
+            producer = self._workers[spec.inputs[0].source]
+            if len(producer.outputs) != 1:
+                why = (f"its producer {producer.spec.name!r} feeds {len(producer.outputs)} nodes; only a single-output "
+                       "producer can call its consumer directly")
+            elif producer.device != worker.device:
+                why = f"it runs on {worker.device} and its producer {producer.spec.name!r} on {producer.device}"
+        if why is not None:
+            raise ValueError(f"node {spec.name!r} cannot be fused into its producer: {why}. Remove `fuse: true` "
+                             "from it to run it in its own thread")
+        producer.fused = worker
+        host = producer
+        while host.host is not None:
+            host = host.host
+        worker.host = host
+        for w in self._workers.values():  # a chain fused bottom-up: re-point its later links
+            if w.host is worker:
+                w.host = host
 
     def _teardown(self, workers: list[_Worker]) -> None:
         for worker in workers:
@@ -368,8 +428,7 @@ class LocalExecutor:
                     close()
                 except Exception as exc:
                     log.error("source %r failed while closing its frames(): %s", name, exc)
-            for edge in worker.outputs:
-                edge.finish()
+            self._finish_outputs(worker)
 
     def _run_consumer(self, worker: _Worker) -> None:
         m = worker.metrics
@@ -386,8 +445,14 @@ class LocalExecutor:
         finally:
             if worker.inbox is not None and not worker.inbox.exhausted:
                 worker.inbox.close()
+            self._finish_outputs(worker)
+
+    def _finish_outputs(self, worker: _Worker) -> None:
+        """The worker's thread ends: no more frames on its edges, nor on those of the nodes it runs."""
+        while worker is not None:
             for edge in worker.outputs:
                 edge.finish()
+            worker = worker.fused
 
     def _consume(self, worker: _Worker) -> None:
         inbox = worker.inbox
@@ -512,6 +577,14 @@ class LocalExecutor:
         """Stamp the frame once and hand the same object to every consumer (no copies)."""
         stamped = Frame(frame.stream, frame.seq, frame.t_capture, frame.data, frame.meta,
                         frame.trace + ((worker.spec.name, t_ns),))
+        consumer = worker.fused
+        if consumer is not None:  # operator chaining: run the consumer here, in this thread
+            if worker.outputs[0].pass_through():
+                t = now_ns()
+                consumer.metrics.queue_ns.append(t - t_ns)
+                consumer.metrics.frames_in += 1
+                self._process(consumer, [stamped], t)
+            return
         for edge in worker.outputs:
             edge.put(stamped, t_ns, event)
 

@@ -59,6 +59,7 @@ def _common_node_properties() -> dict[str, Any]:
             "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"const": "native"}, {"type": "null"}],
         },
         "max_batch": {"type": "integer", "minimum": 1, "default": 1},
+        "fuse": {"type": "boolean", "default": False},
     }
 
 

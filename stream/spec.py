@@ -70,6 +70,9 @@ class NodeSpec:
     rate_hz: float | str | None = None
     max_batch: int = 1  # operators: step up to this many queued frames at once via process_batch
     location: SourceLocation = field(default_factory=SourceLocation)
+    # Operator chaining: run this node in its producer's worker thread (no queue hand-off). Only for
+    # one `block` input from a single-output producer on the same device; see stream/executor.py.
+    fuse: bool = False
 
     @property
     def role(self) -> str:

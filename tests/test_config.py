@@ -273,3 +273,12 @@ def test_empty_env_reference_is_null(tmp_path):
     text = GOOD.replace("      factor: 2\n", "      factor: 2\n      weights: ${W:-}\n")
     assert load_pipeline(write(tmp_path, text), env={}).node("scale").params.weights is None
     assert str(load_pipeline(write(tmp_path, text), env={"W": "a.pt"}).node("scale").params.weights) == "a.pt"
+
+
+def test_fuse_field(tmp_path):
+    spec = load_pipeline(write(tmp_path, GOOD.replace("      factor: 2\n", "      factor: 2\n    fuse: true\n")), env={})
+    assert spec.node("scale").fuse and not spec.node("out").fuse
+    _, err = fail(tmp_path, GOOD.replace("      frames: 20\n", "      frames: 20\n    fuse: true\n")
+                  .replace("      factor: 2\n", "      factor: 2\n    fuse: maybe\n"))
+    assert "is a source" in one(err, "cam", "fuse").message
+    assert "fuse must be true or false" in one(err, "scale", "fuse").message

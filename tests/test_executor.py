@@ -591,3 +591,107 @@ def test_cuda_nodes_get_tensors_moved_once_per_device_and_cpu_sinks_get_host_dat
         assert f.data.device.type == "cpu"
         assert torch.equal(f.data, torch.full((64, 64), 2.0 * f.seq))
     assert_accounted(report)
+
+
+# ------------------------------------------------------------------------------- operator chaining
+
+
+class ThreadRecorder(Operator):
+    """Records the name of the thread it runs in; multiplies by 2."""
+
+    Params = CtlParams
+
+    def process(self, frame: Frame) -> Frame:
+        self.params.ctl.log.append(threading.current_thread().name)
+        return frame.derive(frame.data * 2)
+
+
+class ThreadSink(CollectSink):
+    def process(self, frame: Frame) -> None:
+        self.threads = getattr(self, "threads", [])
+        self.threads.append(threading.current_thread().name)
+        super().process(frame)
+
+
+@pytest.mark.parametrize("how", ["spec", "argument"])
+def test_fused_chain_runs_in_the_source_thread_and_counts_every_frame(how):
+    ctl = Ctl()
+    flag = {"fuse": True} if how == "spec" else {}
+    spec = pipeline_spec(
+        node_spec("src", Synthetic, Synthetic.Params(count=200, shape=(2,), streams=2)),
+        node_spec("a", ThreadRecorder, CtlParams(ctl=ctl), inputs=["src"], **flag),
+        node_spec("b", Passthrough, inputs=["a"], **flag),
+        node_spec("out", ThreadSink, inputs=["b"], **flag),
+    )
+    ex = LocalExecutor(spec, fuse=[] if how == "spec" else ["a", "b", "out"])
+    report = ex.run()
+    out = ex.nodes["out"]
+    assert report.ok and len(out.frames) == 200
+    assert set(ctl.log) == set(out.threads) == {"costream-src"}  # no thread of their own
+    for k in range(2):
+        assert [f.seq for f in out.frames if f.stream == f"src/{k}"] == list(range(100))
+    f = out.frames[-1]
+    assert [name for name, _ in f.trace] == ["src", "a", "b"]
+    np.testing.assert_array_equal(f.data, np.full((2,), 2 * f.seq, np.float32))
+    assert_accounted(report)
+    assert all(e.offered == e.delivered == 200 for e in report.edges)
+    assert report.nodes["a"].service.count == 200 and report.nodes["out"].end_to_end.count == 200
+
+
+def test_a_fused_sink_runs_in_its_operators_thread_while_the_operator_has_its_own():
+    ctl = Ctl()
+    spec = pipeline_spec(
+        node_spec("src", Synthetic, Synthetic.Params(count=50, shape=(1,))),
+        node_spec("a", ThreadRecorder, CtlParams(ctl=ctl), inputs=["src"]),
+        node_spec("out", ThreadSink, inputs=["a"], fuse=True),
+    )
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    assert set(ctl.log) == set(ex.nodes["out"].threads) == {"costream-a"}
+    assert len(ex.nodes["out"].frames) == 50
+    assert_accounted(report)
+
+
+def test_a_fused_node_that_raises_is_isolated_or_stops_the_run_with_everything_counted():
+    ctl = Ctl()
+    spec = pipeline_spec(
+        node_spec("src", Synthetic, Synthetic.Params(count=40, shape=(1,))),
+        node_spec("flaky", Flaky, CtlParams(ctl=ctl), inputs=["src"], fuse=True),
+        node_spec("out", CollectSink, inputs=["flaky"], fuse=True),
+    )
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    assert report.nodes["flaky"].failed == 10 and len(ex.nodes["out"].frames) == 30 and report.fatal_error is None
+    assert_accounted(report)
+
+    spec = pipeline_spec(
+        node_spec("src", Synthetic, Synthetic.Params(count=40, shape=(1,))),
+        node_spec("flaky", Flaky, CtlParams(ctl=ctl, raise_at=5), inputs=["src"], fuse=True, on_error="stop"),
+        node_spec("out", CollectSink, inputs=["flaky"], fuse=True),
+    )
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    assert report.fatal_error is not None and report.fatal_error.node == "flaky"
+    assert [f.seq for f in ex.nodes["out"].frames] == [0, 1, 2, 3, 4]
+    edge = next(e for e in report.edges if e.target == "flaky")
+    assert edge.delivered == 6 and edge.discarded == edge.offered - 6  # nothing lost uncounted
+    assert_accounted(report)
+
+
+@pytest.mark.parametrize("nodes, fuse, message", [
+    ([node_spec("src", Synthetic), node_spec("out", NullSink, inputs=["src"])], ["src"], "it is a source"),
+    ([node_spec("src", Synthetic), node_spec("out", NullSink, inputs=["src"], policy="latest")], ["out"],
+     "input policy is latest"),
+    ([node_spec("src", Synthetic), node_spec("a", NullSink, inputs=["src"]), node_spec("b", NullSink, inputs=["src"])],
+     ["a"], "feeds 2 nodes"),
+    ([node_spec("s1", Synthetic), node_spec("s2", Synthetic), node_spec("out", NullSink, inputs=["s1", "s2"])],
+     ["out"], "it has 2 inputs"),
+    ([node_spec("src", Synthetic), node_spec("a", Passthrough, inputs=["src"], max_batch=4),
+      node_spec("out", NullSink, inputs=["a"])], ["a"], "max_batch 4"),
+    ([node_spec("src", Synthetic), node_spec("out", NullSink, inputs=["src"])], ["nope"], "not nodes of the pipeline"),
+])
+def test_fusing_what_cannot_be_fused_is_refused_before_the_run(nodes, fuse, message):
+    with pytest.raises(PipelineStartError, match=message):
+        LocalExecutor(pipeline_spec(*nodes), fuse=fuse).start()
+    with pytest.raises(TypeError, match="collection of node names"):
+        LocalExecutor(pipeline_spec(*nodes), fuse="out")

@@ -73,10 +73,13 @@ class Server:
         self.proc.wait(DEADLINE_S)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=[("--no-fuse",), ("--fuse", "identity,replies")], ids=["threads", "fused"])
+def server(request, tmp_path_factory):
+    """The pass-through server, with one thread per node and with operator chaining (the reply sink
+    then routes replies from the source's own thread, without the inproc hop)."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = Server(tmp_path_factory.mktemp("zmq"), PASSTHROUGH, endpoint, "--max-message-bytes", "8000000")
+    srv = Server(tmp_path_factory.mktemp("zmq"), PASSTHROUGH, endpoint, "--max-message-bytes", "8000000",
+                 *request.param)
     with Client(endpoint, timeout=10) as client:
         srv.wait_ready(client)
     yield endpoint
@@ -374,3 +377,12 @@ def test_pub_sub_counts_malformed_messages_and_keeps_serving(tmp_path):
     for _, code in malformed_cases()[:-1]:
         expected[code] = expected.get(code, 0) + 1
     assert rejected == expected
+
+
+def test_fuse_of_an_unknown_or_unfusable_node_or_contradicting_flags_are_config_errors(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    for args, message in ((("--fuse", "nope"), "not nodes of the pipeline"), (("--fuse", "requests"), "it is a source"),
+                          (("--fuse", "identity", "--no-fuse"), "contradict")):
+        srv = Server(tmp_path, PASSTHROUGH, endpoint, *args)
+        assert srv.proc.wait(DEADLINE_S) == 2
+        assert message in srv.log.read_text()

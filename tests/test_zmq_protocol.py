@@ -7,6 +7,7 @@ import struct
 import cv2
 import numpy as np
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -197,3 +198,19 @@ def test_serve_wraps_a_pipeline_without_zmq_nodes():
     assert served.node("out").params.mode == "reply" and served.node("out").params.endpoint == "tcp://127.0.0.1:5999"
     explicit = serving_spec(served, {"endpoint": "tcp://127.0.0.1:6000"})
     assert explicit.node("requests").params.endpoint == explicit.node("out").params.endpoint == "tcp://127.0.0.1:6000"
+
+
+def test_a_pass_through_tensor_is_sent_as_the_received_zmq_frame_and_views_are_not():
+    arr = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    descriptors, buffers = P.encode_tensors({"x": arr})
+    received = [zmq.Frame(P.pack_header(P.MSG_FRAME, {"tensors": descriptors})), zmq.Frame(bytes(buffers[0]))]
+    x = P.decode(received).tensors["x"]
+    assert P.received_frame(x) is received[1]
+    _, out = P.encode_tensors({"x": x})
+    assert out[0] is received[1]  # handed back to libzmq as is: no new zero-copy message
+    # Anything that is not the whole buffer, in order, is sent from its own memory instead.
+    head = np.frombuffer(received[1].buffer[:8], np.uint8)
+    for view in (x[1:], x[:, :, ::2], x.T, x.reshape(-1)[:5], x.copy(), head):
+        assert P.received_frame(view) is None
+        _, out = P.encode_tensors({"v": view})
+        assert bytes(out[0]) == np.ascontiguousarray(view).tobytes()

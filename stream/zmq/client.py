@@ -26,7 +26,7 @@ import zmq.asyncio
 from stream.frame import now_ns
 from stream.zmq import protocol as P
 from stream.zmq.reply import needs_zero_copy
-from stream.zmq.sockets import CurveClient, configure
+from stream.zmq.sockets import CurveClient, configure, send_parts
 
 
 class ReplyTimeout(TimeoutError):
@@ -125,7 +125,7 @@ class Client:
              meta: Mapping[str, Any] | None = None, encoding: Mapping[str, str] | None = None) -> int:
         """Send one frame (an array or {name: array}); returns its request id for `recv`."""
         request_id, parts = self._enc.frame(arrays, stream, seq, t_capture_ns, meta, encoding)
-        self._sock.send_multipart(parts, copy=not needs_zero_copy(parts))
+        send_parts(self._sock, parts)
         self._outstanding.add(request_id)
         return request_id
 

@@ -27,6 +27,9 @@ class ReplyChannel:
     inproc: str
     stop: Callable[[], None]  # asks the source to finish (used by `costream serve` on Ctrl-C)
     stats: Callable[[], dict]
+    # Route (request key, RESULT parts) straight onto the ROUTER when called from the source's own
+    # thread (a reply sink fused into it); False elsewhere, and the sink uses `inproc`.
+    deliver: Callable[[int, list], bool] | None = None
 
 
 class ReplyHub:

@@ -129,16 +129,44 @@ def to_numpy(value: Any) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # (ascontiguousarray turns 0-d into 1-d)
 
 
+def received_frame(arr: np.ndarray) -> zmq.Frame | None:
+    """The received zmq.Frame that `arr` views in full (a pass-through tensor), else None.
+
+    Sending that Frame again shares its buffer inside libzmq (as a raw echo does), which is cheaper
+    than wrapping the array in a new zero-copy message (pyzmq then needs its garbage-collector
+    thread to release the buffer once libzmq is done with it).
+    """
+    base = arr.base
+    if base is None or not arr.flags.c_contiguous:
+        return None
+    while isinstance(base, np.ndarray):
+        if base.base is None:
+            return None
+        root = base
+        base = base.base
+    else:
+        root = arr
+    if not isinstance(base, memoryview) or not isinstance(base.obj, zmq.Frame):
+        return None
+    # A C-contiguous view as large as the whole buffer it lies in starts where the buffer starts.
+    if arr.nbytes != base.nbytes or root.nbytes != base.nbytes or base.nbytes != len(base.obj):
+        return None
+    return base.obj
+
+
 def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | None = None,
                    quality: int = 90) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Tensor descriptors and buffers (memoryviews of the arrays, no copy for `raw`)."""
+    """Tensor descriptors and buffers (no copy for `raw`: memoryviews of the arrays, or the received
+    zmq.Frame itself for a tensor that is a full view of one)."""
     descriptors: list[dict[str, Any]] = []
     buffers: list[Any] = []
     for name, value in arrays.items():
         arr = to_numpy(value)
         encoding = (encodings or {}).get(name, "raw")
         if encoding == "raw":
-            buf: Any = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else b""
+            buf: Any = received_frame(arr) if arr.size else b""
+            if buf is None:
+                buf = memoryview(arr.reshape(-1).view(np.uint8))
         elif encoding in ("jpeg", "png"):
             from stream.zmq.images import encode_image
 

@@ -16,7 +16,7 @@ import zmq
 
 from stream.frame import Frame
 from stream.node import NodeContext, Sink
-from stream.zmq.hub import HUB, ReplyHub
+from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
 from stream.zmq.reply import needs_zero_copy, result_parts
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
 
@@ -57,6 +57,7 @@ class ZmqSink(Sink):
         self._hub = hub
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
+        self._channel: ReplyChannel | None = None
         self._auth = None
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
@@ -84,8 +85,7 @@ class ZmqSink(Sink):
             self.teardown()
             raise
 
-    def _reply_socket(self) -> zmq.Socket:
-        channel = self._hub.lookup(self.params.endpoint)
+    def _reply_socket(self, channel: ReplyChannel) -> zmq.Socket:
         sock = channel.context.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.LINGER, 500)
@@ -105,8 +105,14 @@ class ZmqSink(Sink):
                 self._count("unroutable")
                 raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a client to "
                                  "answer; its input must come from a zmq_source in router mode")
+            if self._channel is None:
+                self._channel = self._hub.lookup(self.params.endpoint)
+            deliver = self._channel.deliver
+            if deliver is not None and deliver(key, parts):  # running in the source's thread (fused)
+                self._count("sent")
+                return
             if self._sock is None:
-                self._sock = self._reply_socket()
+                self._sock = self._reply_socket(self._channel)
             parts = [key.to_bytes(8, "little"), *parts]
             try:
                 self._sock.send_multipart(parts, zmq.NOBLOCK, copy=copy)
@@ -134,6 +140,7 @@ class ZmqSink(Sink):
         if self._sock is not None and not self._sock.closed:
             self._sock.close(linger=500)
         self._sock = None
+        self._channel = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None

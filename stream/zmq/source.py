@@ -20,7 +20,7 @@ from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
 from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
-from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
+from stream.zmq.sockets import CurveClient, CurveServer, open_socket, send_parts, start_authenticator
 
 log = logging.getLogger("costream.zmq")
 _SOCKET_TYPES = {"sub": zmq.SUB, "pull": zmq.PULL, "router": zmq.ROUTER}
@@ -85,6 +85,8 @@ class ZmqSource(Source):
         self._registered = False
         self._pending: OrderedDict[int, tuple[int, bytes, bytes | None, dict]] = OrderedDict()
         self._next_key = 0
+        self._limits: P.Limits = self.params.limits  # built once, not per message
+        self._thread: int | None = None  # ident of the thread running frames() (owns the sockets)
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -106,7 +108,8 @@ class ZmqSource(Source):
                 inproc = ReplyHub.new_inproc_address()
                 self._replies = self._ctx.socket(zmq.PULL)
                 self._replies.bind(inproc)
-                self._hub.register(ReplyChannel(p.endpoint, self._ctx, inproc, self.stop, self.stats))
+                self._hub.register(ReplyChannel(p.endpoint, self._ctx, inproc, self.stop, self.stats,
+                                                self._deliver_here))
                 self._registered = True
         except Exception:
             self.teardown()
@@ -154,6 +157,7 @@ class ZmqSource(Source):
         if self._replies is not None:
             poller.register(self._replies, zmq.POLLIN)
         latest = self.params.queue == "latest"
+        self._thread = threading.get_ident()
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(_POLL_MS))
@@ -170,6 +174,7 @@ class ZmqSource(Source):
         finally:  # also when the executor closes the generator (max_frames reached, stop requested)
             if self._replies is not None and self._sock is not None and not self._sock.closed:
                 self._finish_replies()
+            self._thread = None
 
     def _finish_replies(self) -> None:
         """Forward the replies of requests already accepted (the pipeline drains them) for up to
@@ -216,7 +221,7 @@ class ZmqSource(Source):
                 parts = parts[1:]
         t_recv = now_ns()
         try:
-            message = P.decode(parts, self.params.limits)
+            message = P.decode(parts, self._limits)
             header = message.header
             request_id = header.get("request_id")
             if message.msg_type == P.MSG_PING:
@@ -237,7 +242,7 @@ class ZmqSource(Source):
             if peer is not None:
                 rid = None
                 try:
-                    rid = P.parse_prefix(parts[0].bytes, self.params.limits)[1].get("request_id") if parts else None
+                    rid = P.parse_prefix(parts[0].bytes, self._limits)[1].get("request_id") if parts else None
                 except P.ProtocolError:
                     pass
                 self._route(peer, envelope, error_reply_parts(rid if isinstance(rid, (int, str)) else None,
@@ -268,7 +273,7 @@ class ZmqSource(Source):
     def _route(self, peer: bytes, envelope: bytes | None, parts: list[Any]) -> None:
         head = [peer] if envelope is None else [peer, envelope]
         try:
-            self._sock.send_multipart(head + parts, zmq.NOBLOCK, copy=False)
+            send_parts(self._sock, head + parts, zmq.NOBLOCK)
             self._count("replies")
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
             self._count("replies_unroutable")
@@ -279,6 +284,19 @@ class ZmqSource(Source):
         if entry is not None:
             _, peer, envelope, info = entry
             self._route(peer, envelope, error_reply_parts(info["request_id"], code, message, info))
+
+    def _deliver_here(self, key: int, parts: list[Any]) -> bool:
+        """Route a reply directly when called on this source's thread (a reply sink running in it via
+        operator chaining): no inproc hop, no poller wake-up. False on any other thread."""
+        if threading.get_ident() != self._thread or self._sock is None or self._sock.closed:
+            return False
+        entry = self._pending.pop(key, None)
+        if entry is None:  # already answered (timeout) or a second output for one request
+            self._count("replies_late")
+            return True
+        _, peer, envelope, _ = entry
+        self._route(peer, envelope, parts)
+        return True
 
     def _forward_replies(self) -> None:
         while True:
