@@ -159,9 +159,11 @@ class RunReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig = Figure(figsize=(11, 4.5))
         ax_hist, ax_cdf = fig.subplots(1, 2)
+        plotted = 0
         for name, values in self.e2e_samples_ms.items():
             if values.size == 0:
                 continue
+            plotted += 1
             ax_hist.hist(values, bins=min(100, max(10, values.size // 20)), alpha=0.6, label=name)
             ordered = np.sort(values)
             ax_cdf.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=name)
@@ -169,8 +171,11 @@ class RunReport:
         ax_cdf.set(title="CDF", xlabel="ms", ylabel="fraction of frames", ylim=(0, 1.01))
         for ax in (ax_hist, ax_cdf):
             ax.grid(alpha=0.3)
-            if self.e2e_samples_ms:
+            if plotted:
                 ax.legend(loc="best", fontsize="small")
+        if not plotted:
+            ax_hist.text(0.5, 0.5, "no frames reached a sink after the warm-up", ha="center",
+                         va="center", transform=ax_hist.transAxes)
         fig.suptitle(f"{self.pipeline} (first {self.warmup_frames} frames skipped)")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
