@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from operators.base import ContinualModule
 from operators.convert import continual, register_conversion
 from operators.delay import Delay
-from operators.pointwise import Identity, PerStepModule
+from operators.conv import _ConvNd, foldable_norm
+from operators.pointwise import Identity, PerStepModule, ReLU
 
 Steps = Union[Tensor, tuple[Tensor, ...]]
 
@@ -45,6 +46,65 @@ def sequential_step(modules: Sequence[ContinualModule], x: Steps, state: Sequent
     states = list(state.children)
     for i, module in enumerate(modules):
         x, states[i] = module.step(x, states[i])
+        if x is None:
+            break
+    return x, SequentialState(tuple(states))
+
+
+def _plain_sequential(module: nn.Module) -> bool:
+    return isinstance(module, Sequential) and type(module).step is Sequential.step and len(module) > 0
+
+
+def _fusion_target(module: ContinualModule, follower: Optional[nn.Module]) -> Optional[nn.Module]:
+    """The BatchNorm that `follower` starts with, when `module` (or the conv ending a nested plain
+    Sequential) can absorb it."""
+    if _plain_sequential(module):
+        module = module[len(module) - 1]
+    if not isinstance(module, _ConvNd) or follower is None:
+        return None
+    if isinstance(follower, Sequential):
+        if not _plain_sequential(follower):
+            return None
+        follower = follower[0]
+    return follower if foldable_norm(follower) else None
+
+
+def fused_sequential_step(modules: Sequence[ContinualModule], x: Steps, state: SequentialState, start: int = 0,
+                          tail_norm: Optional[nn.Module] = None):
+    """`sequential_step` with every eval-mode BatchNorm folded into the conv before it (one conv per
+    pair instead of conv + normalisation; `ConvNd.step_affine`), a nested Sequential starting with
+    such a norm (or ending with such a conv) included, and a ReLU right after a folded pair applied in
+    place. `tail_norm` is folded into the last child (a conv). The outputs equal the unfused chain's
+    up to float rounding; states have the same structure (a norm's state is None).
+    """
+    states = list(state.children)
+    n = len(modules)
+    i = start
+    while i < n:
+        module = modules[i]
+        if i == n - 1 and tail_norm is not None:
+            x, states[i] = module.step_affine(x, states[i], tail_norm)
+            i += 1
+            if x is None:
+                break
+            continue
+        norm = _fusion_target(module, modules[i + 1] if i + 1 < n else None)
+        if norm is None:
+            x, states[i] = module.step(x, states[i])
+            i += 1
+        else:
+            follower = modules[i + 1]
+            if _plain_sequential(module):
+                x, states[i] = fused_sequential_step(list(module), x, states[i], tail_norm=norm)
+            else:
+                x, states[i] = module.step_affine(x, states[i], norm)
+            fresh = not isinstance(follower, Sequential)  # x is the folded conv's new output
+            if x is not None and not fresh:
+                x, states[i + 1] = fused_sequential_step(list(follower), x, states[i + 1], start=1)
+            i += 2
+            if fresh and x is not None and i < n and type(modules[i]) is ReLU and not torch.is_grad_enabled():
+                x = x.relu_()  # no other reference to the conv's output exists
+                i += 1
         if x is None:
             break
     return x, SequentialState(tuple(states))
@@ -89,7 +149,7 @@ class Sequential(ContinualModule, nn.Sequential):
         return SequentialState(tuple(m.init_state(batch_size, device, dtype) for m in self))
 
     def step(self, x: Steps, state: SequentialState):
-        return sequential_step(list(self), x, state)
+        return fused_sequential_step(tuple(self._modules.values()), x, state)
 
     def flush(self, state: SequentialState, zero_frame: Optional[Steps] = None):
         """Pad each child at its own input (as offline), passing what it emits through the rest."""

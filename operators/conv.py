@@ -1,11 +1,17 @@
 """Continual Conv1d/Conv2d/Conv3d: the temporal dimension (dim 2) is streamed, the rest is torch's.
 
 Step: a ring buffer keeps the last (k-1)*dilation+1 input steps; on an emitting step ONE convolution
-of one dimension less computes the output, its weight having the temporal taps stacked into the input
-channels. With groups 1 and dilation 1 the ring itself, viewed as (B, k*C, ...), is the convolution
-input and the weight is rotated to each stream's ring position (no copy of the frames); otherwise
-(groups, depthwise, dilation, autograd) the k taps are gathered first. Each output element is
-computed once; non-emitting steps (temporal stride) only write the ring buffer.
+computes the output. Paths (all exact, chosen from hyperparameters, never from host reads):
+- temporal kernel 1: no ring; the spatial conv of the frame (a 1x1 kernel is one matrix product);
+- groups 1, dilation 1: the ring viewed as (B, k*C, ...) is the input of a conv of one dimension
+  less whose weight has the taps stacked into its input channels, rotated to each stream's ring
+  position (no copy of the frames; several streams with large per-stream weights gather instead);
+- groups > 1 (depthwise), dilation 1: the ring is kept channels-last, (B, L, *S, C) in memory, and
+  convolved as a clip of L frames by the full-dimensional grouped conv with the rotated weight
+  (oneDNN's fast layout, no gather);
+- otherwise (dilation, autograd on the weights) the k taps are gathered first.
+`step_affine` folds a following eval-mode BatchNorm into cached weights (containers use it). Each
+output element is computed once; non-emitting steps (temporal stride) only write the ring buffer.
 
 The torch attributes `stride` and `padding` are tuples in torch.nn; the continual contract uses the
 names for the temporal ints. Here `stride`/`padding` are the temporal ints and `stride_nd` /
@@ -71,32 +77,77 @@ def conv_step(
     groups: int,
     spatial_conv: Callable[..., Tensor],
     rotated_weight: Optional[Tensor] = None,
+    ring_weight: Optional[Tensor] = None,
+    ring_conv: Optional[Callable[..., Tensor]] = None,
 ) -> tuple[Optional[Tensor], ConvState]:
     """Pure continual conv step: write x (B, C, *S) into the ring; on emitting steps convolve the taps.
 
     With `rotated_weight` (see `rotate_taps`) the ring is convolved in place, without gathering.
+    With `ring_weight` (see `rotate_ring_weight`) and `ring_conv` (the full-dimensional grouped conv,
+    temporal stride/padding 0) the ring, kept in (B, C, L, ...) memory order, is convolved directly as
+    a clip of L frames: depthwise/grouped kernels without a gather.
     """
     length = (kernel - 1) * dilation + 1
-    buffer = ring_buffer_for(state.buffer, x, length, "continual conv")
+    if kernel == 1:  # no history: the step is the spatial conv of this frame
+        emit, count = advance(state.count, delay, stride, delay)
+        y = spatial_conv(x, stacked_weight, bias) if emit else None
+        return y, ConvState(state.buffer, state.pos, count)
+    buffer = ring_buffer_for(state.buffer, x, length, "continual conv", channels_last=ring_weight is not None)
     ring_write(buffer, state.pos, x)
     emit, count = advance(state.count, delay, stride, delay)
     y = None
     if emit:
-        if kernel == 1:
-            y = spatial_conv(gather_taps(x.unsqueeze(1), groups), stacked_weight, bias)
-        elif rotated_weight is not None:
+        if ring_weight is not None and ring_conv is not None:
+            y = _conv_ring_clip(buffer, state.pos, ring_weight, bias, ring_conv, groups)
+        elif rotated_weight is not None and (buffer.shape[0] == 1 or rotated_weight[0].numel() <= buffer[0].numel()):
+            # one stream, or per-stream weights smaller than a stream's frames: rotate the weight;
+            # otherwise (e.g. ST-GCN's 9-tap conv on 25 joints) gathering the frames copies less
             y = _conv_ring_in_place(buffer, state.pos, rotated_weight, bias, spatial_conv)
         else:
-            offsets = torch.arange(kernel, device=x.device) * dilation
+            offsets = torch.arange(0, kernel * dilation, dilation, device=x.device)
             taps = ring_read(buffer, state.pos, offsets)
             y = spatial_conv(gather_taps(taps, groups), stacked_weight, bias)
     return y, ConvState(buffer, state.pos, count)
 
 
+def channel_linear(frames: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """(B, C, *S) -> (B, O, *S) with weight (O, C): ONE (B*S, C) @ (C, O) product for all streams.
+
+    The result is channels-last in memory (a view); a batched matmul would re-read W per stream.
+    """
+    last = frames.movedim(1, -1)  # (B, *S, C): a view, a copy only if the channels are not innermost
+    if last.is_contiguous():
+        return F.linear(last, weight, bias).movedim(-1, 1)
+    y = F.linear(last.reshape(-1, last.shape[-1]), weight, bias)
+    return y.view(tuple(last.shape[:-1]) + (weight.shape[0],)).movedim(-1, 1)
+
+
+def _pointwise_conv(frames: Tensor, weight: Tensor, bias: Optional[Tensor], stride: tuple[int, ...]) -> Tensor:
+    """A 1x1 conv of (B, C, *S) with weight (O, C, 1, ...) as one matrix product over the pixels.
+
+    Channels-last frames (what the grouped ring conv returns) stay channels-last: (B, *S, C) @ W^T.
+    """
+    if any(s != 1 for s in stride):
+        frames = frames[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in stride)]
+    batch, channels = frames.shape[:2]
+    out_ch = weight.shape[0]
+    w = weight.reshape(out_ch, channels)
+    if frames.dim() > 2 and (batch > 1 or (frames.stride(1) == 1 and channels > 1)):
+        return channel_linear(frames, w, bias)
+    flat = frames.reshape(batch, channels, -1)  # (B, C, P)
+    if batch == 1:
+        y = torch.mm(w, flat[0]) if bias is None else torch.addmm(bias.unsqueeze(1), w, flat[0])
+    else:
+        y = torch.matmul(w, flat)
+        if bias is not None:
+            y = y + bias.unsqueeze(1)
+    return y.view((batch, out_ch) + tuple(frames.shape[2:]))
+
+
 def _conv_ring_in_place(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional[Tensor],
                         spatial_conv: Callable[..., Tensor]) -> Tensor:
     batch = buffer.shape[0]
-    frames = buffer.view((batch, -1) + tuple(buffer.shape[3:]))  # (B, k*C, *S): a view, no copy
+    frames = buffer.reshape((batch, -1) + tuple(buffer.shape[3:]))  # (B, k*C, *S): a view in the default layout
     weight = rotated.index_select(0, pos)  # (B, O, k*C, *K): each stream's rotation, on the device
     if batch == 1:
         return spatial_conv(frames, weight[0], bias)
@@ -104,6 +155,32 @@ def _conv_ring_in_place(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Opti
     grouped = frames.reshape((1, -1) + tuple(frames.shape[2:]))  # streams become conv groups
     y = spatial_conv(grouped, weight.flatten(0, 1), None if bias is None else bias.repeat(batch), groups=batch)
     return y.view((batch, out_ch) + tuple(y.shape[2:]))
+
+
+def rotate_ring_weight(weight: Tensor) -> Tensor:
+    """(O, C/g, k, *K) -> (k, O, C/g, k, *K): entry q applies tap (j - q) mod k to ring slot j."""
+    return torch.stack([torch.roll(weight, shifts=q, dims=2) for q in range(weight.shape[2])], 0)
+
+
+def _conv_ring_clip(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional[Tensor],
+                    ring_conv: Callable[..., Tensor], groups: int) -> Tensor:
+    """One full-dimensional conv of the ring (B, C, L, *S) with each stream's rotated weight.
+
+    Several streams are convolved one by one (a static loop over B, no host read-back): each keeps
+    the channels-last layout, which merging the streams into conv groups would lose.
+    """
+    batch = buffer.shape[0]
+    clip = buffer.transpose(1, 2)  # (B, C, L, *S): channels-last when allocated by this conv
+    weight = rotated.index_select(0, pos)  # (B, O, C/g, L, *K), on the device
+    if batch == 1:
+        return ring_conv(clip, weight[0], bias, groups).squeeze(2)
+    return torch.cat([ring_conv(clip[b:b + 1], weight[b], bias, groups) for b in range(batch)]).squeeze(2)
+
+
+def foldable_norm(module: nn.Module) -> bool:
+    """An eval-mode BatchNorm with running statistics: a per-channel affine map that folds into a conv."""
+    return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
+            and module.track_running_stats and module.running_mean is not None)
 
 
 def _temporal_padding(padding: Any, kernel: int, dilation: int, name: str) -> int:
@@ -143,6 +220,15 @@ class _ConvNd(ContinualModule):
             )
         object.__setattr__(self, "_pad_t", pad_t)
         object.__setattr__(self, "_stacked_cache", None)
+        spatial_kernel = tuple(self.kernel_size[1:])
+        spatial_padding = self._nd_padding if isinstance(self._nd_padding, str) else tuple(self._nd_padding[1:])
+        zero_pad = spatial_padding == "valid" or (not isinstance(spatial_padding, str) and not any(spatial_padding))
+        # a per-frame 1x1 (or Linear) conv: one matrix product, no im2col / layout reorder
+        object.__setattr__(self, "_pointwise", self.groups == 1 and self._nd > 1 and all(k == 1 for k in spatial_kernel)
+                           and zero_pad)
+        # grouped/depthwise kernels: convolve the ring as a clip (needs explicit zero spatial padding)
+        object.__setattr__(self, "_ring_clip", self.groups > 1 and dilation == 1 and kernel > 1
+                           and self.padding_mode == "zeros" and not isinstance(spatial_padding, str))
 
     # torch's tuples live in padding_nd/stride_nd; the contract's names are the temporal ints.
     @property
@@ -225,7 +311,30 @@ class _ConvNd(ContinualModule):
             object.__setattr__(self, "_rotated_cache", cache)
         return cache[1]
 
+    def ring_weight(self) -> Optional[Tensor]:
+        """Per-ring-position full weights for the grouped/depthwise ring-as-clip step, else None."""
+        if not self.__dict__.get("_ring_clip", False):
+            return None
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return None  # autograd: convolve a gathered copy, not the ring that later steps overwrite
+        key = (w.data_ptr(), w._version, w.device, w.dtype, w.shape)
+        cache = self.__dict__.get("_ring_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, rotate_ring_weight(w).contiguous())
+            object.__setattr__(self, "_ring_cache", cache)
+        return cache[1]
+
+    def _ring_conv(self, clip: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+        # clip (B, C, L, *S) -> (B, O, 1, *S'): temporal stride/padding/dilation are handled by the ring
+        conv = _CONV_ND[self._nd]
+        return conv(clip, weight, bias, (1,) + tuple(self._nd_stride[1:]), (0,) + tuple(self._nd_padding[1:]),
+                    (1,) + tuple(self.dilation[1:]), groups)
+
     def _spatial_conv(self, frames: Tensor, weight: Tensor, bias: Optional[Tensor], groups: Optional[int] = None) -> Tensor:
+        if groups is None and self.__dict__.get("_pointwise", False) and weight.shape[1] == frames.shape[1]:
+            return _pointwise_conv(frames, weight, bias, self._nd_stride[1:])
         groups = self.groups if groups is None else groups
         if self._nd == 1:
             # weight (O, k*C/g): a linear map, block-diagonal over groups
@@ -243,19 +352,83 @@ class _ConvNd(ContinualModule):
     def init_state(self, batch_size: int, device=None, dtype=None) -> ConvState:
         return ConvState(None, ring_init(batch_size, device), 0)
 
+    def step_affine(self, x: Tensor, state: ConvState, norm: Optional[nn.Module]) -> tuple[Optional[Tensor], ConvState]:
+        """`step` followed by an eval-mode BatchNorm `norm`, folded into cached weights.
+
+        The folded weight w * g / sqrt(v + eps) and bias (b - m) * g / sqrt(v + eps) + beta are
+        rebuilt whenever the conv's or the norm's parameters or running statistics change (tensor
+        version counters), so the state dict and `forward` are untouched. Falls back to the two
+        separate steps when folding does not apply (autograd on the weights, a training-mode norm).
+        """
+        if norm is None:
+            return self.step(x, state)
+        # the hot path of every model step: parameters read from the module dicts, not __getattr__
+        params, norm_params = self._parameters, norm._parameters
+        if not foldable_norm(norm) or norm.num_features != self.out_channels or (torch.is_grad_enabled() and any(
+                p is not None and p.requires_grad
+                for p in (params["weight"], norm_params.get("weight"), norm_params.get("bias")))):
+            y, state = self.step(x, state)
+            return (None if y is None else norm.step(y, None)[0]), state
+        stacked, bias, rotated, ring = self._folded_weights(norm)
+        kernel, dilation, stride, delay, groups = self._step_geometry()
+        return conv_step(
+            x, state, stacked, bias,
+            kernel=kernel, dilation=dilation, stride=stride, delay=delay,
+            groups=groups, spatial_conv=self._spatial_conv, rotated_weight=rotated,
+            ring_weight=ring, ring_conv=self._ring_conv,
+        )
+
+    def _step_geometry(self) -> tuple[int, int, int, int, int]:
+        """(kernel, dilation, stride, delay, groups) of the temporal axis, computed once."""
+        geometry = self.__dict__.get("_geometry")
+        if geometry is None:
+            geometry = (self.kernel_size[0], self.dilation[0], self.stride, self.delay, self.groups)
+            object.__setattr__(self, "_geometry", geometry)
+        return geometry
+
+    def _folded_weights(self, norm: nn.Module) -> tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        key = [norm.eps]
+        params, norm_params, stats = self._parameters, norm._parameters, norm._buffers
+        for t in (params["weight"], params.get("bias"), norm_params.get("weight"), norm_params.get("bias"),
+                  stats.get("running_mean"), stats.get("running_var")):
+            key += (None, None) if t is None else (t.data_ptr(), t._version)
+        cache = self.__dict__.get("_folded_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                scale = torch.rsqrt(norm.running_var + norm.eps)
+                if norm.weight is not None:
+                    scale = scale * norm.weight
+                bias = self.bias if self.bias is not None else torch.zeros_like(norm.running_mean)
+                bias = (bias - norm.running_mean) * scale
+                if norm.bias is not None:
+                    bias = bias + norm.bias
+                w = self.weight * scale.view((-1,) + (1,) * (self.weight.dim() - 1))
+                stacked = stack_temporal_taps(w, self.groups).contiguous()
+                kernel = self.kernel_size[0]
+                rotated = None
+                if self.groups == 1 and self.dilation[0] == 1 and kernel > 1:
+                    rotated = rotate_taps(stacked, kernel).contiguous()
+                ring = rotate_ring_weight(w).contiguous() if self.__dict__.get("_ring_clip", False) else None
+            cache = (key, (stacked, bias.contiguous(), rotated, ring))
+            object.__setattr__(self, "_folded_cache", cache)
+        return cache[1]
+
     def step(self, x: Tensor, state: ConvState) -> tuple[Optional[Tensor], ConvState]:
+        kernel, dilation, stride, delay, groups = self._step_geometry()
         return conv_step(
             x,
             state,
             self.stacked_weight(),
             self.bias,
-            kernel=self.kernel_size[0],
-            dilation=self.dilation[0],
-            stride=self.stride,
-            delay=self.delay,
-            groups=self.groups,
+            kernel=kernel,
+            dilation=dilation,
+            stride=stride,
+            delay=delay,
+            groups=groups,
             spatial_conv=self._spatial_conv,
             rotated_weight=self.rotated_weight(),
+            ring_weight=self.ring_weight(),
+            ring_conv=self._ring_conv,
         )
 
     def zero_frame_like(self, state: ConvState) -> Optional[Tensor]:

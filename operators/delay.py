@@ -35,9 +35,22 @@ def ring_init(batch_size: int, device: torch.device | str | None = None) -> Tens
     return torch.zeros(batch_size, dtype=torch.long, device=device)
 
 
-def ring_buffer_for(buffer: Optional[Tensor], x: Tensor, length: int, name: str) -> Tensor:
-    """The ring buffer for frames like `x`, allocated (zeros) on the first step."""
+def ring_buffer_for(buffer: Optional[Tensor], x: Tensor, length: int, name: str,
+                    channels_last: Optional[bool] = False) -> Tensor:
+    """The ring buffer for frames like `x`, allocated (zeros) on the first step.
+
+    The buffer is always indexed (B, L, C, *S). With `channels_last` its memory is laid out as
+    (B, L, *S, C), so that `buffer.transpose(1, 2)` is a channels-last (B, C, L, *S) clip that a full
+    convolution reads without a copy (oneDNN's fast layout; the depthwise/grouped continual conv).
+    With `channels_last=None` the buffer follows the layout of `x` (a delay line stores channels-last
+    frames without transposing them). Every ring helper works with any layout; stacking or loading a
+    state may return the default layout (same values, slower step).
+    """
     if buffer is None:
+        if (channels_last and x.dim() >= 2) or (channels_last is None and _is_channels_last(x)):
+            spatial = tuple(x.shape[2:])
+            physical = x.new_zeros((x.shape[0], length) + spatial + (x.shape[1],))  # (B, L, *S, C)
+            return physical.permute((0, 1, x.dim()) + tuple(range(2, x.dim())))
         return x.new_zeros((x.shape[0], length) + tuple(x.shape[1:]))
     if buffer.shape[0] != x.shape[0] or buffer.shape[2:] != x.shape[1:]:
         raise ValueError(
@@ -48,11 +61,24 @@ def ring_buffer_for(buffer: Optional[Tensor], x: Tensor, length: int, name: str)
     return buffer
 
 
+def _is_channels_last(x: Tensor) -> bool:
+    """A frame (B, C, *S) whose channels are innermost in memory (what oneDNN convolutions return)."""
+    # one stream only: several streams write with index_copy_ on a flat view of the default layout
+    return x.dim() >= 3 and x.shape[0] == 1 and x.stride(1) == 1 and x.shape[1] > 1 and x.movedim(1, -1).is_contiguous()
+
+
 def ring_write(buffer: Tensor, pos: Tensor, x: Tensor) -> None:
     """Write step `x` (B, C, ...) at each stream's slot `pos` (in place) and advance `pos` (in place)."""
     batch, length = buffer.shape[0], buffer.shape[1]
-    rows = torch.arange(batch, device=pos.device) * length + pos
-    buffer.view((batch * length,) + tuple(buffer.shape[2:])).index_copy_(0, rows, x.to(buffer.dtype))
+    if x.dtype != buffer.dtype:
+        x = x.to(buffer.dtype)
+    if batch == 1:
+        buffer.index_copy_(1, pos, x.unsqueeze(1))  # any layout; no row table for one stream
+    elif buffer.is_contiguous():
+        rows = torch.arange(0, batch * length, length, device=pos.device).add_(pos)
+        buffer.view((batch * length,) + tuple(buffer.shape[2:])).index_copy_(0, rows, x)
+    else:
+        buffer.index_put_((torch.arange(batch, device=pos.device), pos), x)
     pos.add_(1).remainder_(length)
 
 
@@ -63,8 +89,12 @@ def ring_read(buffer: Tensor, pos: Tensor, offsets: Tensor) -> Tensor:
     newest.
     """
     batch, length = buffer.shape[0], buffer.shape[1]
-    base = torch.arange(batch, device=pos.device) * length
-    idx = (pos.unsqueeze(1) + offsets.unsqueeze(0)).remainder_(length) + base.unsqueeze(1)  # (B, k)
+    slots = (pos.unsqueeze(1) + offsets.unsqueeze(0)).remainder_(length)  # (B, k)
+    if batch == 1:
+        return buffer.index_select(1, slots[0])
+    if not buffer.is_contiguous():
+        return buffer[torch.arange(batch, device=pos.device).unsqueeze(1), slots]
+    idx = slots.add_(torch.arange(0, batch * length, length, device=pos.device).unsqueeze(1))
     flat = buffer.view((batch * length,) + tuple(buffer.shape[2:]))
     return flat.index_select(0, idx.reshape(-1)).view((batch, offsets.numel()) + tuple(buffer.shape[2:]))
 
@@ -79,13 +109,15 @@ def advance(count: int, delay: int, stride: int, settle: int) -> tuple[bool, int
 def delay_step(x: Tensor, state: RingState, delay: int, lag: int) -> tuple[Optional[Tensor], RingState]:
     """Pure step of `Delay`: write x, return the frame `lag` steps old once `delay` steps were seen."""
     length = lag + 1
-    buffer = ring_buffer_for(state.buffer, x, length, "Delay")
+    buffer = ring_buffer_for(state.buffer, x, length, "Delay", channels_last=None)
     ring_write(buffer, state.pos, x)
     emit, count = advance(state.count, delay, 1, delay)
     y = None
     if emit:
         if lag == 0:
             y = x
+        elif lag == length - 1 and buffer.shape[0] == 1:
+            y = buffer.index_select(1, state.pos).squeeze(1)  # the oldest slot is the next write slot
         else:
             offsets = torch.zeros(1, dtype=torch.long, device=x.device)
             y = ring_read(buffer, state.pos, offsets)[:, 0]

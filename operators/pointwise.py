@@ -135,15 +135,24 @@ class PReLU(PerStepModule, nn.PReLU):
     pass
 
 
-class Dropout(PerStepModule, nn.Dropout):
+class _DropoutStep(PerStepModule):
+    """Identity in eval mode (no dispatch at all); in training mode the step draws its own mask."""
+
+    def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:
+        if not self.training or self.p == 0:
+            return x, None
+        return self.forward(x), None
+
+
+class Dropout(_DropoutStep, nn.Dropout):
     """Identity in eval mode; in training mode the step draws its own mask (not the offline one)."""
 
 
-class Dropout2d(PerStepModule, nn.Dropout2d):
+class Dropout2d(_DropoutStep, nn.Dropout2d):
     pass
 
 
-class Dropout3d(PerStepModule, nn.Dropout3d):
+class Dropout3d(_DropoutStep, nn.Dropout3d):
     pass
 
 

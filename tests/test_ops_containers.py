@@ -108,3 +108,65 @@ def test_plain_torch_children_are_converted():
     seq = O.Sequential(nn.Conv1d(2, 2, 3, padding=1), nn.ReLU())
     assert isinstance(seq[0], O.Conv1d) and isinstance(seq[1], O.ReLU)
     _steps_equal_offline(seq, torch.randn(1, 2, 6))
+
+
+def _randomise_norms(module):
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.randn(m.num_features, generator=gen))
+                m.bias.copy_(torch.randn(m.num_features, generator=gen))
+    return module.eval()
+
+
+@pytest.mark.parametrize("groups,bias", [(1, True), (4, False), (1, False)])
+def test_batchnorm_folded_into_conv_steps_like_offline(groups, bias):
+    # eval-mode step: conv + BN (+ ReLU in place) become one conv with cached folded weights,
+    # also when the conv ends a nested Sequential (X3D's stem) or the norm starts one (X3D's norm_b)
+    seq = _randomise_norms(O.Sequential(OrderedDict(
+        conv=O.Sequential(O.Conv3d(4, 4, (1, 3, 3), padding=(0, 1, 1)),
+                          O.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0), groups=groups, bias=bias)),
+        norm=O.BatchNorm3d(4), act=O.ReLU(),
+        conv_a=O.Conv3d(4, 6, 1, bias=bias),
+        norm_a=O.Sequential(O.BatchNorm3d(6), O.Sigmoid()),
+        conv_b=O.Conv3d(6, 4, 3, padding=1, groups=2 if groups > 1 else 1),
+        norm_b=O.BatchNorm3d(4),
+    )))
+    _steps_equal_offline(seq, torch.randn(2, 4, 7, 5, 5))
+    for conv in (seq.conv[1], seq.conv_a, seq.conv_b):  # the folded path was taken for each pair
+        assert conv.__dict__.get("_folded_cache") is not None
+
+
+def test_folded_weights_follow_parameter_and_statistics_changes():
+    seq = _randomise_norms(O.Sequential(O.Conv3d(3, 3, 3, padding=1), O.BatchNorm3d(3)))
+    clip = torch.randn(1, 3, 6, 4, 4)
+    _steps_equal_offline(seq, clip)
+    with torch.no_grad():
+        seq[1].running_var.mul_(3)  # in-place edits invalidate the folded cache
+        seq[0].weight.add_(0.5)
+    _steps_equal_offline(seq, clip)
+    seq.load_state_dict(_randomise_norms(O.Sequential(O.Conv3d(3, 3, 3, padding=1), O.BatchNorm3d(3))).state_dict())
+    _steps_equal_offline(seq, clip)
+
+
+def test_training_mode_norm_is_not_folded_and_explains():
+    seq = O.Sequential(O.Conv3d(2, 2, 3, padding=1), O.BatchNorm3d(2))
+    with pytest.raises(ValueError, match="eval mode"):
+        seq.forward_steps(torch.randn(1, 2, 4, 3, 3))
+
+
+def test_conv_norm_pair_stays_differentiable_with_autograd():
+    # with autograd on the weights the pair is stepped unfolded (the cached fold would be detached)
+    seq = _randomise_norms(O.Sequential(O.Conv3d(2, 3, 3, padding=1, groups=1), O.BatchNorm3d(3), O.ReLU()))
+    clip = torch.randn(1, 2, 5, 4, 4)
+    out = seq.forward_steps(clip, pad_end=True)
+    out.sum().backward()
+    ref = nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.BatchNorm3d(3), nn.ReLU()).eval()
+    ref.load_state_dict(seq.state_dict())
+    ref(clip).sum().backward()
+    torch.testing.assert_close(out, ref(clip), **TOL)
+    torch.testing.assert_close(seq[0].weight.grad, ref[0].weight.grad, **TOL)
+    torch.testing.assert_close(seq[1].weight.grad, ref[1].weight.grad, **TOL)

@@ -140,13 +140,23 @@ def test_step_is_differentiable():
     torch.testing.assert_close(co.weight.grad, ref_grad, **TOL)
 
 
-@pytest.mark.parametrize("cls,frame", [(O.Conv3d, (2, 4, 4)), (O.Conv1d, (2,))])
-def test_streams_at_different_ring_positions_in_one_batch(cls, frame):
+@pytest.mark.parametrize("cls,frame,kwargs", [
+    (O.Conv3d, (2, 4, 4), dict(out_channels=3, padding=2)),  # per-stream weights > frames: gathers
+    (O.Conv3d, (2, 8, 8), dict(out_channels=3, padding=2)),  # frames > weights: rotated weights
+    (O.Conv2d, (4, 5), dict(out_channels=3, kernel_size=(3, 1), padding=(2, 0))),  # ST-GCN's (k, 1)
+    (O.Conv1d, (2,), dict(out_channels=3, padding=2)),
+    # grouped / depthwise: the ring is convolved as a (B, C, L, ...) clip with per-stream rotated weights
+    (O.Conv3d, (2, 5, 5), dict(out_channels=2, kernel_size=3, padding=(2, 1, 1), stride=(1, 2, 2), groups=2)),
+    (O.Conv2d, (4, 5), dict(out_channels=2, kernel_size=(3, 3), padding=(2, 1), groups=2)),
+    (O.Conv1d, (2,), dict(out_channels=4, padding=2, groups=2)),
+])
+def test_streams_at_different_ring_positions_in_one_batch(cls, frame, kwargs):
     # delay 0 (temporal padding k-1): streams that saw different numbers of frames share a phase,
-    # so their states stack although their ring positions differ (gather-free step path)
-    co = cls(2, 3, 3, padding=2)
+    # so their states stack although their ring positions differ (gather-free step paths)
+    kwargs = {"kernel_size": 3, **kwargs}
+    co = cls(frame[0], **kwargs)
     gen = torch.Generator().manual_seed(0)
-    clips = [torch.randn((1, 2, n) + frame[1:], generator=gen) for n in (4, 5, 9)]
+    clips = [torch.randn((1, frame[0], n) + frame[1:], generator=gen) for n in (4, 5, 9)]
     with torch.no_grad():
         states = []
         for clip in clips:
@@ -160,3 +170,8 @@ def test_streams_at_different_ring_positions_in_one_batch(cls, frame):
         for i, s in enumerate(states):
             alone, _ = co.step(x[i : i + 1], s)
             torch.testing.assert_close(y[i : i + 1], alone, rtol=1e-5, atol=1e-5)
+        # and the stacked streams against offline torch on each stream's clip (last frame x)
+        for i, clip in enumerate(clips):
+            full = torch.cat([clip, x[i : i + 1].unsqueeze(2)], dim=2)
+            ref = co(full)[:, :, full.shape[2] - 1 - co.delay]
+            torch.testing.assert_close(y[i : i + 1], ref, rtol=1e-5, atol=1e-5)

@@ -29,15 +29,17 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from operators.base import ContinualModule
+from operators.conv import channel_linear
 from operators.convert import continual
 from operators.delay import Delay
 from operators.models.ntu_graph import NUM_JOINTS
 from operators.models.stgcn import (
-    STGCN, TEMPORAL_KERNEL, STGCNBlock, STGCNConfig, STGCNForward, graph_aggregate,
+    STGCN, TEMPORAL_KERNEL, STGCNBlock, STGCNConfig, STGCNForward,
 )
 from operators.models.weights import load_weights
 from operators.pool import AdaptiveAvgPool1d
@@ -82,6 +84,17 @@ def _fold_bodies(state: Any, bodies: int) -> Any:
 def _unfold_bodies(state: Any) -> Any:
     """(B, M, ...) -> (B*M, ...) views sharing storage, as the per-body operators expect."""
     return _map_tensors(state, lambda t: t.view(t.shape[0] * t.shape[1], *t.shape[2:]))
+
+
+def _aggregate_joints(h: Tensor, adjacency: Tensor, num_subsets: int) -> Tensor:
+    """`graph_aggregate` of one frame as a single matrix product: h (N, K*C, V) -> (N, C, W).
+
+    sum_k h_k A_k = [h_1 .. h_K] @ [A_1; ..; A_K], with the subsets stacked along the joints.
+    """
+    n, kc, v = h.shape
+    c = kc // num_subsets
+    lhs = h.view(n, num_subsets, c, v).transpose(1, 2).reshape(n * c, num_subsets * v)  # (N*C, K*V)
+    return torch.mm(lhs, adjacency.reshape(num_subsets * v, -1)).view(n, c, -1)
 
 
 @dataclass
@@ -141,9 +154,9 @@ class CoSTGCNBlock(nn.Module):
             res, shortcut_state = self.shortcut.step(x, shortcut_state)
             if res is not None and self.residual is not None:
                 res, residual_state = self.residual.step(res, residual_state)
-        w = self.gcn.conv.weight
-        g = graph_aggregate(F.conv1d(x, w.view(w.shape[0], w.shape[1], 1), self.gcn.conv.bias), adjacency,
-                            self.gcn.num_subsets)
+        w = self.gcn.conv.weight  # a 1x1 conv over joints: one (K*C', C) @ (N, C, V) matrix product
+        h = channel_linear(x, w.view(w.shape[0], w.shape[1]), self.gcn.conv.bias)  # (N, K*C', V)
+        g = _aggregate_joints(h, adjacency, self.gcn.num_subsets)
         y, tcn_state = self.tcn.step(g, state.tcn)
         new_state = BlockState(tcn_state, shortcut_state, residual_state)
         if y is None:

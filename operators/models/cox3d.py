@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import operators
@@ -52,7 +53,7 @@ class CoSwish(ContinualModule):
         return None
 
     def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:
-        return x * torch.sigmoid(x), None
+        return F.silu(x), None  # one fused kernel; equals x * sigmoid(x) up to float rounding
 
 
 class CoSqueezeExcitation(ContinualModule):
@@ -74,8 +75,12 @@ class CoSqueezeExcitation(ContinualModule):
         return None
 
     def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:  # (B, C, H, W)
-        gate = self.block(x.mean(dim=(2, 3), keepdim=True).unsqueeze(2)).squeeze(2)
-        return x * gate, None
+        # the 1x1x1 convs of a pooled (B, C) vector are two matrix products (no conv dispatch)
+        down, up = self.block[0], self.block[2]
+        pooled = x.mean(dim=(2, 3))
+        hidden = F.linear(pooled, down.weight.flatten(1), down.bias).relu_()
+        gate = F.linear(hidden, up.weight.flatten(1), up.bias).sigmoid_()
+        return x * gate.view(gate.shape + (1, 1)), None
 
 
 class CoHead(ContinualModule):
@@ -183,9 +188,8 @@ class CoResBlock(ContinualModule):
     def _shortcut_step(self, x: Tensor, state: ResBlockState) -> tuple[Tensor, Any, Any]:
         s1, s2 = state.branch1_conv, state.branch1_norm
         if self.branch1_conv is not None:
-            x, s1 = self.branch1_conv.step(x, s1)
-            if self.branch1_norm is not None:
-                x, s2 = self.branch1_norm.step(x, s2)
+            # the norm is folded into the conv's cached weights (eval mode; see Conv3d.step_affine)
+            x, s1 = self.branch1_conv.step_affine(x, s1, self.branch1_norm)
         return x, s1, s2
 
     def step(self, x: Tensor, state: ResBlockState) -> tuple[Optional[Tensor], ResBlockState]:
@@ -195,6 +199,8 @@ class CoResBlock(ContinualModule):
         new_state = ResBlockState(s1, s2, sb, sd)
         if y is None:
             return None, new_state
+        if not torch.is_grad_enabled() and type(self.activation) is operators.ReLU:
+            return y.add_(shortcut).relu_(), new_state  # y is the branch's fresh output
         return self.activation(shortcut + y), new_state
 
     def flush(self, state: ResBlockState, zero_frame: Optional[Tensor] = None) -> tuple[list[Tensor], ResBlockState]:
