@@ -8,7 +8,11 @@ computes the output. Paths (all exact, chosen from hyperparameters, never from h
   position (no copy of the frames; several streams with large per-stream weights gather instead);
 - groups > 1 (depthwise), dilation 1: the ring is kept channels-last, (B, L, *S, C) in memory, and
   convolved as a clip of L frames by the full-dimensional grouped conv with the rotated weight
-  (oneDNN's fast layout, no gather);
+  (oneDNN's fast layout, no gather); a depthwise k x 1 x 1 kernel is L multiply-adds of the frames
+  (torch's CPU conv3d has no fast kernel for it);
+- groups 1 with a 1x1 spatial kernel whose weights outweigh the frames (ST-GCN's (9, 1) conv on
+  several bodies) or with dilation: the ring is kept (B, *S, L, C) in memory and the taps are
+  gathered as (B*S, k*C) rows for one matrix product;
 - otherwise (dilation, autograd on the weights) the k taps are gathered first.
 `step_affine` folds a following eval-mode BatchNorm into cached weights (containers use it). Each
 output element is computed once; non-emitting steps (temporal stride) only write the ring buffer.
@@ -79,6 +83,7 @@ def conv_step(
     rotated_weight: Optional[Tensor] = None,
     ring_weight: Optional[Tensor] = None,
     ring_conv: Optional[Callable[..., Tensor]] = None,
+    taps_linear: bool = False,
 ) -> tuple[Optional[Tensor], ConvState]:
     """Pure continual conv step: write x (B, C, *S) into the ring; on emitting steps convolve the taps.
 
@@ -86,28 +91,72 @@ def conv_step(
     With `ring_weight` (see `rotate_ring_weight`) and `ring_conv` (the full-dimensional grouped conv,
     temporal stride/padding 0) the ring, kept in (B, C, L, ...) memory order, is convolved directly as
     a clip of L frames: depthwise/grouped kernels without a gather.
+    With `taps_linear` (groups 1, a 1x1 spatial kernel without spatial stride or padding) a gather
+    reads the taps straight into (B, *S, k, C) rows and multiplies them by the stacked weight: one
+    matrix product, no copy of the taps into the weight's channel order (see `_gather_linear`).
     """
     length = (kernel - 1) * dilation + 1
     if kernel == 1:  # no history: the step is the spatial conv of this frame
         emit, count = advance(state.count, delay, stride, delay)
         y = spatial_conv(x, stacked_weight, bias) if emit else None
         return y, ConvState(state.buffer, state.pos, count)
-    buffer = ring_buffer_for(state.buffer, x, length, "continual conv", channels_last=ring_weight is not None)
+    rotate = rotated_weight is not None and (x.shape[0] == 1 or rotated_weight[0].numel() <= x[0].numel() * kernel)
+    buffer = state.buffer
+    if buffer is None and taps_linear and not rotate and ring_weight is None:
+        buffer = _taps_inner_ring(x, length)
+    buffer = ring_buffer_for(buffer, x, length, "continual conv", channels_last=ring_weight is not None)
     ring_write(buffer, state.pos, x)
     emit, count = advance(state.count, delay, stride, delay)
     y = None
     if emit:
         if ring_weight is not None and ring_conv is not None:
             y = _conv_ring_clip(buffer, state.pos, ring_weight, bias, ring_conv, groups)
-        elif rotated_weight is not None and (buffer.shape[0] == 1 or rotated_weight[0].numel() <= buffer[0].numel()):
+        elif rotate:
             # one stream, or per-stream weights smaller than a stream's frames: rotate the weight;
             # otherwise (e.g. ST-GCN's 9-tap conv on 25 joints) gathering the frames copies less
             y = _conv_ring_in_place(buffer, state.pos, rotated_weight, bias, spatial_conv)
+        elif taps_linear:
+            y = _gather_linear(buffer, state.pos, stacked_weight, bias, kernel, dilation)
         else:
             offsets = torch.arange(0, kernel * dilation, dilation, device=x.device)
             taps = ring_read(buffer, state.pos, offsets)
             y = spatial_conv(gather_taps(taps, groups), stacked_weight, bias)
     return y, ConvState(buffer, state.pos, count)
+
+
+def _taps_inner_ring(x: Tensor, length: int) -> Tensor:
+    """A zero ring indexed (B, L, C, *S) whose memory is (B, *S, L, C): each pixel's history is one row."""
+    spatial = tuple(x.shape[2:])
+    physical = x.new_zeros((x.shape[0],) + spatial + (length, x.shape[1]))  # (B, *S, L, C)
+    nd = len(spatial)
+    return physical.permute((0, nd + 1, nd + 2) + tuple(range(1, nd + 1)))
+
+
+def _gather_linear(buffer: Tensor, pos: Tensor, stacked_weight: Tensor, bias: Optional[Tensor],
+                   kernel: int, dilation: int) -> Tensor:
+    """The taps of a 1x1-spatial conv as ONE gather into (B*S, k*C) rows and ONE matrix product.
+
+    The ring is read as (B, *S, L, C) (a view; contiguous when allocated by `_taps_inner_ring`), so the
+    gathered taps are already in the stacked weight's (tap, channel) order: no second copy. Any
+    buffer layout gives the same values. Returns (B, O, *S), channels-last in memory.
+    """
+    batch, length, channels = buffer.shape[:3]
+    spatial = tuple(buffer.shape[3:])
+    nd = len(spatial)
+    rows = buffer.permute((0,) + tuple(range(3, 3 + nd)) + (1, 2))  # (B, *S, L, C)
+    offsets = torch.arange(0, kernel * dilation, dilation, device=pos.device)
+    slots = (pos.unsqueeze(1) + offsets).remainder_(length)  # (B, k), oldest tap first
+    if rows.is_contiguous():  # one row copy per (stream, pixel, tap) from the flat (B*S*L, C) view
+        pixels = math.prod(spatial)
+        base = torch.arange(0, batch * pixels * length, length, device=pos.device).view(batch, pixels, 1)
+        index = (base + slots.unsqueeze(1)).view(-1)  # (B*S*k,)
+        taps = rows.view(-1, channels).index_select(0, index)
+    else:  # any other layout (e.g. after stacking states): an element gather, same values
+        index = slots.view((batch,) + (1,) * nd + (kernel, 1)).expand((batch,) + spatial + (kernel, channels))
+        taps = torch.gather(rows, nd + 1, index)  # (B, *S, k, C), contiguous
+    out_ch = stacked_weight.shape[0]
+    y = F.linear(taps.view(-1, kernel * channels), stacked_weight.view(out_ch, kernel * channels), bias)
+    return y.view((batch,) + spatial + (out_ch,)).movedim(-1, 1)
 
 
 def channel_linear(frames: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -177,6 +226,23 @@ def _conv_ring_clip(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional
     return torch.cat([ring_conv(clip[b:b + 1], weight[b], bias, groups) for b in range(batch)]).squeeze(2)
 
 
+def _temporal_depthwise_sum(clip: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """clip (B, C, L, *S) with a depthwise (C, 1, L, 1, ...) kernel: sum_j w[:, j] * frame_j, (B, C, *S).
+
+    L multiply-adds over the frames in their own (channels-last) layout: torch has no fast CPU kernel
+    for a depthwise k x 1 x 1 conv3d (it takes the slow im2col path), and this reads each frame once.
+    """
+    channels, length = weight.shape[0], weight.shape[2]
+    taps = weight.reshape(channels, length)
+    shape = (channels,) + (1,) * (clip.dim() - 3)
+    y = clip[:, :, 0] * taps[:, 0].view(shape)
+    for j in range(1, length):
+        y.addcmul_(clip[:, :, j], taps[:, j].view(shape))
+    if bias is not None:
+        y.add_(bias.view(shape))
+    return y
+
+
 def foldable_norm(module: nn.Module) -> bool:
     """An eval-mode BatchNorm with running statistics: a per-channel affine map that folds into a conv."""
     return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
@@ -226,9 +292,15 @@ class _ConvNd(ContinualModule):
         # a per-frame 1x1 (or Linear) conv: one matrix product, no im2col / layout reorder
         object.__setattr__(self, "_pointwise", self.groups == 1 and self._nd > 1 and all(k == 1 for k in spatial_kernel)
                            and zero_pad)
+        # a per-frame 1x1 conv without spatial stride: taps gathered as (B*S, k*C) matrix rows
+        object.__setattr__(self, "_taps_rows", self._pointwise and all(s == 1 for s in self._nd_stride[1:]))
         # grouped/depthwise kernels: convolve the ring as a clip (needs explicit zero spatial padding)
         object.__setattr__(self, "_ring_clip", self.groups > 1 and dilation == 1 and kernel > 1
                            and self.padding_mode == "zeros" and not isinstance(spatial_padding, str))
+        # depthwise temporal-only kernels (X3D's stem conv_t, k x 1 x 1): a weighted sum of the k frames
+        object.__setattr__(self, "_temporal_depthwise", self._ring_clip and zero_pad
+                           and self.groups == self.in_channels == self.out_channels
+                           and all(k == 1 for k in spatial_kernel) and all(s == 1 for s in self._nd_stride[1:]))
 
     # torch's tuples live in padding_nd/stride_nd; the contract's names are the temporal ints.
     @property
@@ -328,6 +400,8 @@ class _ConvNd(ContinualModule):
 
     def _ring_conv(self, clip: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
         # clip (B, C, L, *S) -> (B, O, 1, *S'): temporal stride/padding/dilation are handled by the ring
+        if self.__dict__.get("_temporal_depthwise", False):
+            return _temporal_depthwise_sum(clip, weight, bias).unsqueeze(2)
         conv = _CONV_ND[self._nd]
         return conv(clip, weight, bias, (1,) + tuple(self._nd_stride[1:]), (0,) + tuple(self._nd_padding[1:]),
                     (1,) + tuple(self.dilation[1:]), groups)
@@ -375,7 +449,7 @@ class _ConvNd(ContinualModule):
             x, state, stacked, bias,
             kernel=kernel, dilation=dilation, stride=stride, delay=delay,
             groups=groups, spatial_conv=self._spatial_conv, rotated_weight=rotated,
-            ring_weight=ring, ring_conv=self._ring_conv,
+            ring_weight=ring, ring_conv=self._ring_conv, taps_linear=self.__dict__.get("_taps_rows", False),
         )
 
     def _step_geometry(self) -> tuple[int, int, int, int, int]:
@@ -429,6 +503,7 @@ class _ConvNd(ContinualModule):
             rotated_weight=self.rotated_weight(),
             ring_weight=self.ring_weight(),
             ring_conv=self._ring_conv,
+            taps_linear=self.__dict__.get("_taps_rows", False),
         )
 
     def zero_frame_like(self, state: ConvState) -> Optional[Tensor]:

@@ -149,6 +149,9 @@ def test_step_is_differentiable():
     (O.Conv3d, (2, 5, 5), dict(out_channels=2, kernel_size=3, padding=(2, 1, 1), stride=(1, 2, 2), groups=2)),
     (O.Conv2d, (4, 5), dict(out_channels=2, kernel_size=(3, 3), padding=(2, 1), groups=2)),
     (O.Conv1d, (2,), dict(out_channels=4, padding=2, groups=2)),
+    # depthwise temporal-only kernels (X3D's stem conv_t): a weighted sum of the ring's frames
+    (O.Conv3d, (2, 4, 3), dict(out_channels=2, kernel_size=(3, 1, 1), padding=(2, 0, 0), groups=2)),
+    (O.Conv1d, (2,), dict(out_channels=2, padding=2, groups=2)),
 ])
 def test_streams_at_different_ring_positions_in_one_batch(cls, frame, kwargs):
     # delay 0 (temporal padding k-1): streams that saw different numbers of frames share a phase,
@@ -175,3 +178,78 @@ def test_streams_at_different_ring_positions_in_one_batch(cls, frame, kwargs):
             full = torch.cat([clip, x[i : i + 1].unsqueeze(2)], dim=2)
             ref = co(full)[:, :, full.shape[2] - 1 - co.delay]
             torch.testing.assert_close(y[i : i + 1], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,frame,kwargs", [
+    (O.Conv2d, (4, 5), dict(kernel_size=(3, 1), padding=(2, 0))),  # ST-GCN's (k, 1), delay 0
+    (O.Conv2d, (4, 5), dict(kernel_size=(3, 1), padding=(4, 0), dilation=(2, 1))),
+    (O.Conv3d, (2, 3, 2), dict(kernel_size=(2, 1, 1), padding=(1, 0, 0))),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_pointwise_taps_gathered_as_rows(cls, frame, kwargs, batch):
+    # a 1x1 spatial kernel whose per-stream weights outweigh a stream's frames (or with dilation):
+    # the ring is kept (B, *S, L, C) in memory and the taps are gathered as matrix rows
+    co = cls(frame[0], 8, **kwargs)
+    gen = torch.Generator().manual_seed(0)
+    clip = torch.randn((batch, frame[0], 7) + frame[1:], generator=gen)
+    with torch.no_grad():
+        state = co.init_state(batch)
+        outs = []
+        for t in range(clip.shape[2]):
+            y, state = co.step(clip[:, :, t], state)
+            outs.append(y)
+        nd = len(frame) - 1
+        rows = state.buffer.permute((0,) + tuple(range(3, 3 + nd)) + (1, 2))
+        assert rows.is_contiguous() == (batch > 1 or co.dilation[0] > 1)
+        offline = co(clip)
+        torch.testing.assert_close(torch.stack(outs[co.delay:], 2), offline[:, :, : clip.shape[2] - co.delay], **TOL)
+
+        # save / restore mid-stream, then continue: same outputs as the uninterrupted stream
+        x = torch.randn((batch,) + frame, generator=gen)
+        saved = O.state_from_dict(co.init_state(batch), O.state_to_dict(state))
+        y_cont, _ = co.step(x, O.clone_state(state))
+        y_restored, _ = co.step(x, saved)
+        torch.testing.assert_close(y_restored, y_cont, rtol=0, atol=0)
+
+        # stack with a stream at another ring position (default layout): each member as if alone
+        other = co.init_state(1)
+        for t in range(6):
+            _, other = co.step(torch.randn((1,) + frame, generator=gen), other)
+        assert batch == 1 or int(other.pos) != int(state.pos[0])
+        stacked = O.stack_states([O.clone_state(state), O.clone_state(other)])
+        xs = torch.randn((batch + 1,) + frame, generator=gen)
+        y_stacked, stacked = co.step(xs, stacked)
+        y_a, _ = co.step(xs[:batch], O.clone_state(state))
+        y_b, _ = co.step(xs[batch:], O.clone_state(other))
+        torch.testing.assert_close(y_stacked, torch.cat([y_a, y_b]), **TOL)
+
+        # split after stacking: every stream continues on its own
+        x2 = torch.randn((batch + 1,) + frame, generator=gen)
+        y_together, _ = co.step(x2, O.clone_state(stacked))
+        for i, s in enumerate(O.split_state(stacked)):
+            y_i, _ = co.step(x2[i : i + 1], s)
+            torch.testing.assert_close(y_i, y_together[i : i + 1], **TOL)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_temporal_depthwise_step_is_a_weighted_frame_sum(bias, batch):
+    # k x 1 x 1 depthwise conv (+ a folded eval BatchNorm): the step sums the ring's frames
+    conv = nn.Conv3d(3, 3, (5, 1, 1), padding=(2, 0, 0), groups=3, bias=bias)
+    norm = nn.BatchNorm3d(3).eval()
+    with torch.no_grad():
+        norm.running_mean.uniform_(-1, 1)
+        norm.running_var.uniform_(0.5, 2)
+        norm.weight.uniform_(0.5, 2)
+    co = O.continual(nn.Sequential(conv, norm)).eval()
+    assert co[0].__dict__["_temporal_depthwise"]
+    clip = torch.randn(batch, 3, 9, 4, 5)
+    with torch.no_grad():
+        offline = norm(conv(clip))
+        torch.testing.assert_close(co.forward_steps(clip, pad_end=True), offline, **TOL)
+        state = co[0].init_state(batch)
+        outs = []
+        for t in range(clip.shape[2]):
+            y, state = co[0].step(clip[:, :, t], state)
+            outs.append(y)
+        torch.testing.assert_close(torch.stack(outs[2:], 2), conv(clip)[:, :, :7], **TOL)
