@@ -5,13 +5,12 @@ Two step kinds, after "Continual Transformers: Redundancy-Free Attention for Onl
 - single-output: each step projects only the new token, writes its key/value into one ring buffer
   (B, 2H, n, Dh) in place at a per-stream write position, and attends with the new token's query only
   (O(n D) per step). Attention is permutation invariant over keys, so the ring order never matters.
-- retroactive: each step returns the updated outputs of all n tokens of the window in O(n D): every
-  query takes in the entering key, the entering query gets its row, and the leaving key drops out of
-  every query's softmax numerator/denominator. Dropping out is done without subtraction (which cancels
-  catastrophically when a dominant key leaves): each query stores, when it enters, the suffix sums of
-  its entry-time row (the keys that were there can only leave oldest first), and separately sums the
-  keys that enter after it (they cannot leave before it does); both are max-shifted. Exact for any
-  score range, no drift over long streams. Memory: (B, n, n, H, Dh + 1) for the suffix sums.
+- retroactive: each step returns the updated outputs of all n tokens of the window. Only the entering
+  token is projected; its Q/K/V go into one ring (B, 3H, n, Dh), and every window token's attention is
+  recomputed from the cached projections (two batched matrix products, O(n^2 D)). The paper's
+  O(n D) update of per-query softmax sums needs subtraction when a key leaves, which cancels
+  catastrophically when a dominant key leaves; the exact alternatives without subtraction cost
+  O(n^2 D) memory traffic per step anyway, and measured slower on CPU than the fused attention.
 
 Semantics (layout (B, E, T), E = embed dim): `forward(clip)` equals `nn.MultiheadAttention` self-attention
 on `clip.transpose(1, 2)` (batch_first), transposed back, all T outputs (attention weights are not
@@ -119,40 +118,21 @@ def single_output_step(x: Tensor, state: SingleOutputAttentionState, in_proj_wei
 # by a max, so nothing is ever subtracted: no cancellation, no drift, exact for any score range.
 @dataclass
 class RetroactiveAttentionState:
-    """qkv: query/key/value rings in one buffer (B, 3H, n, Dh).
-    suffix: per query slot, the suffix sums over its entry-time window, oldest first, of
-    exp(s - entry_max) [v, 1] (B, n slot, n offset, H, Dh + 1) (one contiguous row per slot and
-    offset, so reading one offset per query is a row copy); entry_max (B, H, n, 1).
-    later: per query slot, the sum of exp(s - later_max) [v, 1] over keys that entered after it
-    (B, H, n, Dh + 1); later_max (B, H, n, 1), at least entry_max.
-    pos: next write slot (B,); seen: tokens seen (saturates at n)."""
+    """qkv: query/key/value rings in one buffer (B, 3H, n, Dh), one slot per window token, projected
+    once when the token entered; pos: next write slot (B,); seen: tokens seen (saturates at n)."""
 
     qkv: Tensor
-    suffix: Tensor
-    entry_max: Tensor
-    later: Tensor
-    later_max: Tensor
     pos: Tensor
     seen: int
 
 
 def init_retroactive_state(batch: int, n: int, num_heads: int, in_proj_bias: Optional[Tensor],
                            embed_dim: int, device, dtype) -> RetroactiveAttentionState:
-    """A window of n zero tokens, as if they had entered one by one (ring slot = entry order)."""
+    """A window of n zero tokens: every slot holds what a zero token projects to (the biases)."""
     bias = torch.cat(_qkv_bias(in_proj_bias, embed_dim, device, dtype))
     qkv = bias.view(1, 3 * num_heads, 1, -1).expand(batch, -1, n, -1).contiguous()
-    q, k, v = qkv.chunk(3, dim=1)
-    score = (q[:, :, :1] * k[:, :, :1]).sum(-1, keepdim=True) / math.sqrt(q.shape[-1])  # (B, H, 1, 1)
-    v1 = torch.cat([v[:, :, 0], torch.ones_like(v[:, :, 0, :1])], dim=-1)  # (B, H, Dh + 1), exp(0) = 1
-    # All scores are equal, so every term is exp(0) [v, 1]. Query slot i entered n - 1 - i steps ago:
-    # its suffix at offset m sums n - m terms, and the n - 1 - i slots after it are its later keys.
-    counts = torch.arange(n, 0, -1, device=device, dtype=dtype).view(1, 1, n, 1, 1)
-    suffix = (counts * v1.view(batch, 1, 1, num_heads, -1)).expand(-1, n, -1, -1, -1).contiguous()
-    later_counts = torch.arange(n - 1, -1, -1, device=device, dtype=dtype).view(1, 1, n, 1)
-    later = (later_counts * v1.unsqueeze(2)).contiguous()
-    entry_max = score.expand(-1, -1, n, -1).contiguous()
     pos = torch.zeros(batch, dtype=torch.long, device=device)
-    return RetroactiveAttentionState(qkv, suffix, entry_max, later, entry_max.clone(), pos, 0)
+    return RetroactiveAttentionState(qkv, pos, 0)
 
 
 def retroactive_step(x: Tensor, state: RetroactiveAttentionState, in_proj_weight: Tensor,
@@ -160,43 +140,21 @@ def retroactive_step(x: Tensor, state: RetroactiveAttentionState, in_proj_weight
                      out_proj_bias: Optional[Tensor], num_heads: int, ordered: bool = True) -> Tensor:
     """x (B, E) -> outputs (B, n, E) of every token in the window; updates `state` in place.
 
-    Oldest first with `ordered`, else in ring-slot order (the newest token is at slot pos - 1).
+    Only the entering token is projected (its Q, K and V are written into the ring); every window
+    token's attention is then recomputed from the cached projections with one fused attention call.
+    Every query's softmax changes when a key enters and one leaves, so the n x n scores are needed
+    anyway; computing them as two batched matrix products is exact (no running sums to drift) and
+    faster on CPU than updating per-query accumulators. Oldest first with `ordered`, else in ring-slot
+    order (the newest token is at slot pos - 1).
     """
     b, h = x.shape[0], num_heads
     n, dh = state.qkv.shape[2], state.qkv.shape[3]
-    scale = 1.0 / math.sqrt(dh)
     qkv = F.linear(x, in_proj_weight, in_proj_bias).view(b, 3 * h, dh)  # (B, 3H, Dh)
     ring_write(state.qkv, state.pos, qkv)
     queries, keys, values = state.qkv.chunk(3, dim=1)  # (B, H, n, Dh) by slot
-    v1 = torch.cat([qkv[:, 2 * h :], torch.ones_like(qkv[:, 2 * h :, :1])], dim=-1)  # (B, H, Dh + 1)
-    # Every query takes in the entering key (the entering query's slot is rebuilt below).
-    col = (queries @ qkv[:, h : 2 * h].unsqueeze(-1)) * scale  # (B, H, n, 1)
-    new_max = torch.maximum(state.later_max, col)
-    state.later.mul_(torch.exp(state.later_max - new_max)).add_(torch.exp(col - new_max) * v1.unsqueeze(2))
-    state.later_max.copy_(new_max)
-    # The entering query: its row over the window, oldest first, and all its suffix sums.
-    order = chronological_index(state.pos + 1, n)  # (B, n) slots oldest first, newest = pos
-    row = (qkv[:, :h].unsqueeze(2) @ keys.transpose(-1, -2)).squeeze(2) * scale  # (B, H, n) by slot
-    row = row.gather(2, order.unsqueeze(1).expand(b, h, n))
-    row_max = row.amax(-1, keepdim=True)  # (B, H, 1)
-    values1 = torch.cat([values, torch.ones_like(values[..., :1])], dim=-1)  # (B, H, n, Dh + 1)
-    values1 = values1.gather(2, order.view(b, 1, n, 1).expand(b, h, n, dh + 1))
-    terms = torch.exp(row - row_max).unsqueeze(-1) * values1
-    suffix = terms.flip(2).cumsum(2).flip(2)  # (B, H, n, Dh + 1): suffix[m] = sum over offsets >= m
-    rows = state.pos + n * torch.arange(b, device=x.device)  # (B,) rows of the (B * n slot) view
-    state.suffix.view(b * n, n, h, dh + 1).index_copy_(0, rows, suffix.transpose(1, 2))
-    ring_write(state.entry_max, state.pos, row_max)
-    ring_write(state.later_max, state.pos, row_max)
-    ring_write(state.later, state.pos, torch.zeros_like(v1))
+    out = F.scaled_dot_product_attention(queries, keys, values)  # (B, H, n, Dh)
     state.pos.add_(1).remainder_(n)
     state.seen = min(state.seen + 1, n)
-    # Query slot i entered age_i = (pos - 1 - i) mod n steps ago: its first age_i entry keys have left.
-    age = (state.pos.view(b, 1) - 1 - torch.arange(n, device=x.device)).remainder(n)  # (B, n)
-    flat = age + n * torch.arange(n, device=x.device) + n * n * torch.arange(b, device=x.device).view(b, 1)
-    front = state.suffix.view(b * n * n, h, dh + 1).index_select(0, flat.view(-1))
-    front = front.view(b, n, h, dh + 1).transpose(1, 2)  # (B, H, n slot, Dh + 1)
-    total = front * torch.exp(state.entry_max - state.later_max) + state.later  # (B, H, n, Dh + 1)
-    out = total[..., :dh] / total[..., dh:]
     if ordered:
         out = out.gather(2, chronological_index(state.pos, n).view(b, 1, n, 1).expand_as(out))
     return F.linear(merge_heads(out), out_proj_weight, out_proj_bias)

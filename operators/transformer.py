@@ -9,7 +9,8 @@ the n most recent tokens (a retroactive layer's step returns `forward(window)`, 
 How an encoder of depth L steps (d = d_model, f = dim_feedforward), exact for every L:
 - L = 1: one single-output layer: project the new token, ring-buffer K/V, one query.
   Cost per step O(d^2 + d f + n d).
-- L >= 2: layer 0 is retroactive (its attention updates every window token in O(n d); its out-proj,
+- L >= 2: layer 0 is retroactive (only the new token is projected; the window's attention is
+  recomputed from cached projections, O(n^2 d); its out-proj,
   norms and feed-forward then run on the n updated tokens, O(n (d^2 + d f))); layers 1..L-2 are full
   window layers (all their inputs changed: O(n (d^2 + d f) + n^2 d) each, as offline); the last layer
   computes K/V for the window but the query, residual and feed-forward only for the newest token
