@@ -111,11 +111,6 @@ def single_output_step(x: Tensor, state: SingleOutputAttentionState, in_proj_wei
 
 
 # Retroactive step -----------------------------------------------------------------------------
-# Query i (entered d steps ago) attends to two key sets: the keys that were in the window when it
-# entered and have not left yet (the newest n - d of them), and the keys that entered after it (they
-# cannot leave before query i does). The first is a suffix sum over its entry-time row, stored for
-# every suffix when the query enters; the second only grows. Both are sums of positive terms shifted
-# by a max, so nothing is ever subtracted: no cancellation, no drift, exact for any score range.
 @dataclass
 class RetroactiveAttentionState:
     """qkv: query/key/value rings in one buffer (B, 3H, n, Dh), one slot per window token, projected
