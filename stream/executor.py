@@ -583,7 +583,10 @@ class LocalExecutor:
                 t = now_ns()
                 consumer.metrics.queue_ns.append(t - t_ns)
                 consumer.metrics.frames_in += 1
-                self._process(consumer, [stamped], t)
+                if self._any_cuda:
+                    self._process(consumer, [stamped], t)
+                else:  # a fused node never batches (max_batch 1): the single-frame path
+                    self._process_one(consumer, stamped, t)
             return
         for edge in worker.outputs:
             edge.put(stamped, t_ns, event)

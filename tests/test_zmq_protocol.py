@@ -214,3 +214,78 @@ def test_a_pass_through_tensor_is_sent_as_the_received_zmq_frame_and_views_are_n
         assert P.received_frame(view) is None
         _, out = P.encode_tensors({"v": view})
         assert bytes(out[0]) == np.ascontiguousarray(view).tobytes()
+
+
+def test_cached_descriptors_never_let_a_lookalike_through():
+    # A valid (2, 3) uint8 descriptor is remembered; values equal to it as dict keys (True == 1, 3.0 == 3)
+    # or a different limit must still meet the full checks.
+    good = [raw_header({"tensors": [tensor(shape=(2, 3), nbytes=6)]}), bytes(6)]
+    for _ in range(2):
+        assert P.decode(good).tensors["x"].shape == (2, 3)
+    for shape, nbytes, code in (([2, 3.0], 6, P.MALFORMED_HEADER), ([True, 6], 6, P.MALFORMED_HEADER),
+                                ([2, 3], True, P.MALFORMED_HEADER), ([2, 3], 6.0, P.MALFORMED_HEADER)):
+        bad = [raw_header({"tensors": [{**tensor(), "shape": shape, "nbytes": nbytes}]}), bytes(6)]
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode(bad)
+        assert err.value.code == code, (shape, nbytes)
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(good, P.Limits(max_tensor_bytes=5))
+    assert err.value.code == P.TENSOR_TOO_LARGE
+    with pytest.raises(P.ProtocolError) as err:  # the same descriptor at another index names that index
+        P.decode([raw_header({"tensors": [tensor(name="a"), tensor(shape=(2, 3), nbytes=6, dtype="bogus")]}),
+                  bytes(6), bytes(6)])
+    assert "tensors[1]" in err.value.message
+
+
+def test_header_json_is_compact_and_the_same_with_or_without_the_fast_encoder(monkeypatch):
+    header = {"request_id": 1, "stream": "cam", "seq": 2, "latency": {"a": 0.5, "b": 1e-06}, "meta": {"k": "é"},
+              "tensors": [tensor()]}
+    fast = P.pack_header(P.MSG_RESULT, header, strict=False)
+    monkeypatch.setattr(P, "orjson", None)
+    slow = P.pack_header(P.MSG_RESULT, header, strict=False)
+    assert fast[:8] == slow[:8] and json.loads(fast[8:]) == json.loads(slow[8:]) == header
+    assert b" " not in slow[8:] and "é".encode() in slow
+    assert P.decode([fast, bytes(6)]).header == P.decode([slow, bytes(6)]).header
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_non_finite_numbers_are_refused_by_default_and_bad_json_is_malformed(monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(P, "orjson", None)
+    with pytest.raises(ValueError):
+        P.pack_header(P.MSG_FRAME, {"meta": {"x": float("nan")}})
+    huge = P.pack_header(P.MSG_FRAME, {"seq": 2**70, "tensors": []}, strict=False)  # stdlib fallback
+    assert json.loads(huge[8:])["seq"] == 2**70
+    for body in (b"\xff\xfe{}", b"{bad json", b"[1, 2]"):
+        with pytest.raises(P.ProtocolError) as err:
+            P.decode([P.PREFIX.pack(P.MAGIC, P.VERSION, P.MSG_FRAME, 0) + body])
+        assert err.value.code == P.MALFORMED_HEADER
+
+
+def test_recv_parts_reads_a_whole_multipart_message():
+    from stream.zmq.sockets import recv_parts, send_parts
+
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://recv-parts")
+        b.connect("inproc://recv-parts")
+        big = np.arange(40_000, dtype=np.float32)  # above the copy threshold: sent zero-copy
+        send_parts(a, [b"h", memoryview(big).cast("B"), zmq.Frame(b"f")])
+        send_parts(a, [b"next"])
+        parts = recv_parts(b)
+        assert [bytes(p) for p in parts] == [b"h", big.tobytes(), b"f"]
+        assert [bytes(p) for p in recv_parts(b)] == [b"next"]
+    finally:
+        a.close(0)
+        b.close(0)
+        ctx.term()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_nan_literals_in_a_header_are_malformed(monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(P, "orjson", None)
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([raw_header({"meta": {"x": float("nan")}, "tensors": []})])
+    assert err.value.code == P.MALFORMED_HEADER

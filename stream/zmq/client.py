@@ -26,7 +26,7 @@ import zmq.asyncio
 from stream.frame import now_ns
 from stream.zmq import protocol as P
 from stream.zmq.reply import needs_zero_copy
-from stream.zmq.sockets import CurveClient, configure, send_parts
+from stream.zmq.sockets import CurveClient, configure, recv_parts, send_parts
 
 
 class ReplyTimeout(TimeoutError):
@@ -67,11 +67,15 @@ class Reply:
         return self
 
 
+def _as_dict(value: Any) -> dict:
+    return value if value.__class__ is dict else dict(value or {})
+
+
 def parse_reply(parts: list[Any], limits: P.Limits) -> Reply:
-    message = P.decode(parts, limits)
-    h = dict(message.header)
-    return Reply(h.get("request_id"), h.get("stream"), h.get("seq"), str(h.get("status")), h.get("error"),
-                 message.tensors, dict(h.get("meta") or {}), dict(h.get("latency") or {}), h)
+    _, h, tensors, _ = P.decode_fields(parts, limits)  # h: a dict fresh from the JSON decoder, the Reply owns it
+    status = h.get("status")
+    return Reply(h.get("request_id"), h.get("stream"), h.get("seq"), status if status.__class__ is str else str(status),
+                 h.get("error"), tensors, _as_dict(h.get("meta")), _as_dict(h.get("latency")), h)
 
 
 class _Encoder:
@@ -83,7 +87,7 @@ class _Encoder:
 
     def frame(self, arrays: Any, stream: str, seq: int | None, t_capture_ns: int | None,
               meta: Mapping[str, Any] | None, encoding: Mapping[str, str] | None) -> tuple[int, list[Any]]:
-        if not isinstance(arrays, Mapping):
+        if arrays.__class__ is not dict and not isinstance(arrays, Mapping):
             arrays = {"input": arrays}
         if seq is None:
             seq = self._seq.get(stream, 0)
@@ -92,12 +96,14 @@ class _Encoder:
         descriptors, buffers = P.encode_tensors(arrays, encoding)
         header = {"request_id": request_id, "stream": stream, "seq": seq,
                   "t_capture_ns": now_ns() if t_capture_ns is None else t_capture_ns,
-                  "meta": dict(meta or {}), "tensors": descriptors}
-        return request_id, [P.pack_header(P.MSG_FRAME, header), *buffers]
+                  "meta": {} if meta is None else dict(meta), "tensors": descriptors}
+        # Only ints, strings and descriptors unless the caller passed meta or an odd stream/time stamp.
+        strict = bool(meta) or stream.__class__ is not str or (t_capture_ns is not None and t_capture_ns.__class__ is not int)
+        return request_id, [P.pack_header(P.MSG_FRAME, header, strict=strict), *buffers]
 
     def ping(self) -> tuple[int, list[bytes]]:
         request_id = next(self._ids)
-        return request_id, [P.pack_header(P.MSG_PING, {"request_id": request_id})]
+        return request_id, [P.pack_header(P.MSG_PING, {"request_id": request_id}, strict=False)]
 
 
 def _socket(context: zmq.Context, endpoint: str, curve: CurveClient | None, hwm: int) -> zmq.Socket:
@@ -120,6 +126,7 @@ class Client:
         self._enc = _Encoder()
         self._early: dict[Any, Reply] = {}
         self._outstanding: set[int] = set()  # sent and neither answered nor given up on
+        self._rcvtimeo = -1  # the socket's current RCVTIMEO (ms); set only when a wait needs another
 
     def send(self, arrays: Any, stream: str = "default", seq: int | None = None, *, t_capture_ns: int | None = None,
              meta: Mapping[str, Any] | None = None, encoding: Mapping[str, str] | None = None) -> int:
@@ -137,21 +144,32 @@ class Client:
             return self._early.pop(next(iter(self._early)))
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
+        left_ms = max(0, int(timeout * 1000))
+        sock = self._sock
         while True:
-            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._sock.poll(left_ms, zmq.POLLIN):
+            # A blocking receive bounded by RCVTIMEO: one call into libzmq per reply (no poller), and the
+            # option is only set again when the wait changes (a new timeout, or waiting past a stale reply).
+            if left_ms != self._rcvtimeo:
+                sock.setsockopt(zmq.RCVTIMEO, left_ms)
+                self._rcvtimeo = left_ms
+            try:
+                parts = recv_parts(sock)
+            except zmq.Again:
                 if request_id is not None:
                     self._outstanding.discard(request_id)  # a late reply to it will be discarded
                 raise ReplyTimeout(f"no reply from {self.endpoint} within {timeout} s"
                                    f"{'' if request_id is None else f' for request {request_id}'}; is `costream serve` "
-                                   "running there (and are the CurveZMQ keys right)? Raise `timeout` for slow pipelines")
-            reply = parse_reply(self._sock.recv_multipart(copy=False), self.limits)
-            if reply.request_id is not None and reply.request_id not in self._outstanding:
+                                   "running there (and are the CurveZMQ keys right)? Raise `timeout` for slow pipelines") from None
+            reply = parse_reply(parts, self.limits)
+            rid = reply.request_id
+            if rid is not None and rid not in self._outstanding:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
                 continue  # the answer to a request that already timed out
-            self._outstanding.discard(reply.request_id)
-            if request_id is None or reply.request_id == request_id or reply.request_id is None:
+            self._outstanding.discard(rid)
+            if request_id is None or rid == request_id or rid is None:
                 return reply
-            self._early[reply.request_id] = reply
+            self._early[rid] = reply
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
 
     def request(self, arrays: Any, stream: str = "default", seq: int | None = None, timeout: float | None = None,
                 *, check: bool = True, **kwargs: Any) -> Reply:

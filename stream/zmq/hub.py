@@ -30,6 +30,10 @@ class ReplyChannel:
     # Route (request key, RESULT parts) straight onto the ROUTER when called from the source's own
     # thread (a reply sink fused into it); False elsewhere, and the sink uses `inproc`.
     deliver: Callable[[int, list], bool] | None = None
+    # Called by a sink before it first PUSHes replies to `inproc`: until then the source waits on its
+    # data socket alone (a blocking receive, cheaper than polling two sockets), so that first reply
+    # may wait up to one poll interval (50 ms) to be forwarded.
+    attach: Callable[[], None] | None = None
 
 
 class ReplyHub:

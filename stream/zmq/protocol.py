@@ -19,10 +19,16 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zmq
+
+try:  # several times faster than the stdlib json for these small headers; optional
+    import orjson
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    orjson = None
 
 MAGIC = b"CSTM"
 VERSION = 1
@@ -40,7 +46,17 @@ DTYPES: dict[str, np.dtype] = {
 ENCODINGS = ("raw", "jpeg", "png")
 _NAMES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # dtype.name is slow on the hot path
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (RFC 8259)")
+
+
+_JSON_DECODE = json.JSONDecoder(parse_constant=_no_constant).decode
 _SCALARS = (str, int, float, bool, type(None))
+_SCALAR_CLASSES = frozenset(_SCALARS)
+_FRAME = zmq.Frame
+_PREFIXES = {t: PREFIX.pack(MAGIC, VERSION, t, 0) for t in MSG_TYPES}
 
 # Stable error codes carried in error replies (docs/zmq-protocol.md, "Errors").
 BAD_MAGIC = "bad_magic"
@@ -110,14 +126,37 @@ class Message:
     specs: tuple[TensorSpec, ...] = ()
 
 
-def pack_header(msg_type: int, header: Mapping[str, Any]) -> bytes:
-    """Header part: the 8-byte prefix and compact JSON."""
-    body = _JSON.encode(header).encode("utf-8")
-    return PREFIX.pack(MAGIC, VERSION, msg_type, 0) + body
+def _dumps(header: Mapping[str, Any], strict: bool) -> bytes:
+    """Compact UTF-8 JSON. orjson writes NaN/inf as null where the stdlib raises, so values that did not
+    come through `json_safe` (a client's meta) take the strict path; so does anything orjson refuses
+    (integers beyond 64 bits, subclassed keys), and the stdlib then gives its result or its error."""
+    if orjson is not None and not strict:
+        try:
+            return orjson.dumps(header)
+        except TypeError:
+            pass
+    return _JSON.encode(header).encode("utf-8")
+
+
+def _loads(body: bytes) -> Any:
+    """Parse UTF-8 JSON; ValueError (UnicodeDecodeError, JSONDecodeError) on anything invalid."""
+    if orjson is not None:
+        return orjson.loads(body)  # checks UTF-8; integers beyond 64 bits become floats (rejected)
+    return _JSON_DECODE(body.decode("utf-8"))
+
+
+def pack_header(msg_type: int, header: Mapping[str, Any], *, strict: bool = True) -> bytes:
+    """Header part: the 8-byte prefix and compact JSON. `strict` (the default) refuses NaN and
+    infinities with ValueError; the hot paths pass False for headers that cannot hold them."""
+    body = _dumps(header, strict)
+    prefix = _PREFIXES.get(msg_type)
+    return (PREFIX.pack(MAGIC, VERSION, msg_type, 0) if prefix is None else prefix) + body
 
 
 def to_numpy(value: Any) -> np.ndarray:
     """A C-contiguous numpy array for a numpy array or torch tensor (moved to CPU)."""
+    if value.__class__ is np.ndarray and value.dtype in _NAMES and value.flags.c_contiguous:
+        return value  # the common case, checked first (this runs for every tensor of every message)
     if type(value).__module__.startswith("torch"):
         value = value.detach().cpu().numpy()
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -146,12 +185,18 @@ def received_frame(arr: np.ndarray) -> zmq.Frame | None:
         base = base.base
     else:
         root = arr
-    if not isinstance(base, memoryview) or not isinstance(base.obj, zmq.Frame):
+    if isinstance(base, _FRAME):  # np.frombuffer(frame): decode's arrays
+        frame, size = base, len(base)
+    elif isinstance(base, memoryview) and isinstance(base.obj, _FRAME):
+        frame, size = base.obj, base.nbytes
+        if size != len(frame):  # a slice of the frame's buffer
+            return None
+    else:
         return None
     # A C-contiguous view as large as the whole buffer it lies in starts where the buffer starts.
-    if arr.nbytes != base.nbytes or root.nbytes != base.nbytes or base.nbytes != len(base.obj):
+    if arr.nbytes != size or root.nbytes != size:
         return None
-    return base.obj
+    return frame
 
 
 def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | None = None,
@@ -166,7 +211,7 @@ def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | Non
         if encoding == "raw":
             buf: Any = received_frame(arr) if arr.size else b""
             if buf is None:
-                buf = memoryview(arr.reshape(-1).view(np.uint8))
+                buf = memoryview(arr).cast("B")  # flat bytes of the C-contiguous array, no copy
         elif encoding in ("jpeg", "png"):
             from stream.zmq.images import encode_image
 
@@ -180,11 +225,15 @@ def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | Non
 
 
 def _buffer_len(part: Any) -> int:
-    return len(part.buffer) if isinstance(part, zmq.Frame) else len(part)
+    """Bytes in a part: len() of a zmq.Frame or bytes, the byte size of any other buffer."""
+    cls = part.__class__
+    if cls is _FRAME or cls is bytes:
+        return len(part)
+    return memoryview(part).nbytes
 
 
 def _buffer(part: Any) -> Any:
-    return part.buffer if isinstance(part, zmq.Frame) else part
+    return part.buffer if isinstance(part, _FRAME) else part
 
 
 def _check_int(value: Any, what: str) -> int:
@@ -209,7 +258,11 @@ def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
         raise ProtocolError(BAD_TYPE, f"message type {msg_type} is unknown; expected one of "
                             f"{sorted(MSG_TYPES)} ({', '.join(MSG_TYPES.values())})")
     try:
-        header = json.loads(bytes(part0[PREFIX.size:]).decode("utf-8")) if len(part0) > PREFIX.size else {}
+        if len(part0) > PREFIX.size:
+            body = part0[PREFIX.size:]
+            header = _loads(body if body.__class__ is bytes else bytes(body))
+        else:
+            header = {}
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(MALFORMED_HEADER, f"header JSON does not parse: {exc}") from None
     if not isinstance(header, dict):
@@ -262,42 +315,78 @@ def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), encoding, nbytes)
 
 
+@lru_cache(maxsize=256)
+def _checked_spec(name: str, dtype: str, shape: tuple[int, ...], encoding: str, nbytes: int, index: int,
+                  limits: Limits) -> TensorSpec:
+    """`_tensor_spec` for a descriptor of exact types, remembered: a stream of messages repeats the
+    same few (name, dtype, shape) descriptors, and errors are raised again (exceptions are not cached)."""
+    return _tensor_spec({"name": name, "dtype": dtype, "shape": list(shape), "encoding": encoding,
+                         "nbytes": nbytes}, index, limits)
+
+
+def _spec(item: Any, index: int, limits: Limits) -> TensorSpec:
+    """The validated spec of one descriptor; only exact str/int fields take the cached path (so that
+    `True` or `2.0`, equal to 1 and 2 as dict keys, still meet the full checks)."""
+    if item.__class__ is dict:
+        name = item.get("name")
+        dtype = item.get("dtype")
+        encoding = item.get("encoding", "raw")
+        shape = item.get("shape")
+        nbytes = item.get("nbytes")
+        if (name.__class__ is str and dtype.__class__ is str and encoding.__class__ is str
+                and nbytes.__class__ is int and shape.__class__ is list and len(shape) <= limits.max_dims
+                and all(d.__class__ is int for d in shape)):
+            return _checked_spec(name, dtype, tuple(shape), encoding, nbytes, index, limits)
+    return _tensor_spec(item, index, limits)
+
+
 def decode(parts: Sequence[Any], limits: Limits = Limits()) -> Message:
     """Decode a multipart message (bytes or zmq.Frame parts) after checking every limit."""
+    return Message(*decode_fields(parts, limits))
+
+
+def decode_fields(parts: Sequence[Any], limits: Limits = Limits()
+                  ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]:
+    """`decode` as a plain (msg_type, header, tensors, specs) tuple, for the per-message hot paths."""
     if not parts:
         raise ProtocolError(PART_COUNT, "empty message; expected a header part")
-    total = sum(_buffer_len(p) for p in parts)
+    sizes = [_buffer_len(p) for p in parts]
+    total = sum(sizes)
     if total > limits.max_message_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"message is {total} bytes; the limit is "
                             f"{limits.max_message_bytes} (max_message_bytes)")
-    part0 = parts[0].bytes if isinstance(parts[0], zmq.Frame) else bytes(parts[0])
+    part0 = parts[0]
+    part0 = part0.bytes if part0.__class__ is _FRAME else bytes(part0)
     msg_type, header = parse_prefix(part0, limits)
     items = header.get("tensors", [])
-    if not isinstance(items, list):
+    if items.__class__ is not list:
         raise ProtocolError(MALFORMED_HEADER, f"'tensors' must be a list, got {type(items).__name__}")
     if len(items) > limits.max_tensors:
         raise ProtocolError(PART_COUNT, f"{len(items)} tensors; the limit is {limits.max_tensors} (max_tensors)")
     if len(parts) != 1 + len(items):
         raise ProtocolError(PART_COUNT, f"header lists {len(items)} tensors, so the message needs "
                             f"{1 + len(items)} parts; got {len(parts)}")
-    specs = tuple(_tensor_spec(item, i, limits) for i, item in enumerate(items))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise ProtocolError(MALFORMED_HEADER, f"tensor names must be unique, got {names}")
+    specs = tuple([_spec(item, i, limits) for i, item in enumerate(items)])
+    if len(specs) > 1:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ProtocolError(MALFORMED_HEADER, f"tensor names must be unique, got {names}")
     tensors: dict[str, np.ndarray] = {}
-    for spec, part in zip(specs, parts[1:]):
-        size = _buffer_len(part)
+    for i, spec in enumerate(specs, 1):
+        part, size = parts[i], sizes[i]
         if size != spec.nbytes:
             raise ProtocolError(SIZE_MISMATCH, f"tensor {spec.name!r}: header says nbytes={spec.nbytes} but "
                                 f"its part holds {size} bytes")
         if spec.encoding == "raw":
-            arr = np.frombuffer(_buffer(part), dtype=DTYPES[spec.dtype]).reshape(spec.shape)
+            # A view of the part's own buffer (no copy); the array's base is the zmq.Frame, which is how
+            # `received_frame` finds it again. Its size was checked against dtype and shape above.
+            arr = np.ndarray(spec.shape, DTYPES[spec.dtype], part)
         else:
             from stream.zmq.images import decode_image
 
             arr = decode_image(_buffer(part), spec, limits)
         tensors[spec.name] = arr
-    return Message(msg_type, header, tensors, specs)
+    return msg_type, header, tensors, specs
 
 
 def header_field(header: Mapping[str, Any], name: str, kind: type, default: Any) -> Any:
@@ -316,13 +405,14 @@ def json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-serialisable entries of a meta mapping, skipping reserved `zmq.` keys."""
     out: dict[str, Any] = {}
     for key, value in meta.items():
-        if not isinstance(key, str) or key.startswith("zmq."):
+        if key.__class__ is not str and not isinstance(key, str) or key.startswith("zmq."):
             continue
-        if isinstance(value, float):
+        cls = value.__class__
+        if cls is float or isinstance(value, float):
             if math.isfinite(value):  # NaN and infinities are not JSON
                 out[key] = value
             continue
-        if isinstance(value, _SCALARS):
+        if cls in _SCALAR_CLASSES or isinstance(value, _SCALARS):
             out[key] = value
             continue
         try:

@@ -14,16 +14,16 @@ def stage_latency_ms(frame: Frame, t_reply: int) -> dict[str, float]:
     """Per-stage latency from the frame trace: each stamp minus the one before (the first minus the
     capture time), plus `reply` (last stamp to reply) and `total` (capture to reply), in ms."""
     latency: dict[str, float] = {}
-    prev = frame.t_capture
+    prev = t_capture = frame.t_capture
     t_recv = frame.meta.get("zmq.t_recv_ns")
-    if isinstance(t_recv, int):
+    if t_recv.__class__ is int or isinstance(t_recv, int):
         latency["receive"] = (t_recv - prev) / 1e6
         prev = t_recv
     for node, t in frame.trace:
         latency[node] = (t - prev) / 1e6
         prev = t
     latency["reply"] = (t_reply - prev) / 1e6
-    latency["total"] = (t_reply - frame.t_capture) / 1e6
+    latency["total"] = (t_reply - t_capture) / 1e6
     return latency
 
 
@@ -32,7 +32,7 @@ def frame_arrays(frame: Frame) -> dict[str, Any]:
     data = frame.data
     if data is None:
         return {}
-    if isinstance(data, Mapping):
+    if data.__class__ is dict or isinstance(data, Mapping):
         return dict(data)
     return {str(frame.meta.get("zmq.tensor", "output")): data}
 
@@ -41,8 +41,9 @@ def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quali
     """Header and buffers of a RESULT for `frame` (status ok)."""
     descriptors, buffers = P.encode_tensors(frame_arrays(frame), encodings, quality)
     t_reply = now_ns()
+    meta = frame.meta
     header = {
-        "request_id": frame.meta.get("zmq.request_id"),
+        "request_id": meta.get("zmq.request_id"),
         "stream": frame.stream,
         "seq": frame.seq,
         "t_capture_ns": frame.t_capture,
@@ -50,10 +51,10 @@ def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quali
         "status": "ok",
         "error": None,
         "latency": stage_latency_ms(frame, t_reply),
-        "meta": P.json_safe(frame.meta),
+        "meta": P.json_safe(meta),
         "tensors": descriptors,
     }
-    return [P.pack_header(P.MSG_RESULT, header), *buffers]
+    return [P.pack_header(P.MSG_RESULT, header, strict=False), *buffers]  # json_safe meta, finite latency
 
 
 def error_reply_parts(request_id: Any, code: str, message: str, info: Mapping[str, Any] | None = None) -> list[bytes]:
@@ -62,14 +63,14 @@ def error_reply_parts(request_id: Any, code: str, message: str, info: Mapping[st
     header = {"request_id": request_id, "stream": info.get("stream"), "seq": info.get("seq"),
               "t_reply_ns": now_ns(), "status": "error", "error": {"code": code, "message": message},
               "latency": {}, "meta": {}, "tensors": []}
-    return [P.pack_header(P.MSG_RESULT, header)]
+    return [P.pack_header(P.MSG_RESULT, header, strict=False)]
 
 
 def stats_reply_parts(request_id: Any, stats: Mapping[str, int]) -> list[bytes]:
     """The answer to a PING: status ok and the source's counters."""
     header = {"request_id": request_id, "t_reply_ns": now_ns(), "status": "ok", "error": None,
               "latency": {}, "meta": {}, "stats": dict(stats), "tensors": []}
-    return [P.pack_header(P.MSG_RESULT, header)]
+    return [P.pack_header(P.MSG_RESULT, header, strict=False)]
 
 
 def needs_zero_copy(parts: list[Any]) -> bool:

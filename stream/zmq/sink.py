@@ -86,6 +86,8 @@ class ZmqSink(Sink):
             raise
 
     def _reply_socket(self, channel: ReplyChannel) -> zmq.Socket:
+        if channel.attach is not None:
+            channel.attach()  # the source starts watching the inproc socket
         sock = channel.context.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, 10_000)
         sock.setsockopt(zmq.LINGER, 500)
@@ -97,20 +99,20 @@ class ZmqSink(Sink):
         encodings = {}
         if p.encoding != "raw":
             encodings = {name: p.encoding for name in _image_names(frame)}
-        parts = result_parts(frame, encodings, p.jpeg_quality)
-        copy = not needs_zero_copy(parts)
         if p.mode == "reply":
             key = frame.meta.get("zmq.key")
-            if not isinstance(key, int):
+            if key.__class__ is not int and not isinstance(key, int):
                 self._count("unroutable")
                 raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a client to "
                                  "answer; its input must come from a zmq_source in router mode")
+            parts = result_parts(frame, encodings, p.jpeg_quality)
             if self._channel is None:
                 self._channel = self._hub.lookup(self.params.endpoint)
             deliver = self._channel.deliver
             if deliver is not None and deliver(key, parts):  # running in the source's thread (fused)
                 self._count("sent")
                 return
+            copy = not needs_zero_copy(parts)
             if self._sock is None:
                 self._sock = self._reply_socket(self._channel)
             parts = [key.to_bytes(8, "little"), *parts]
@@ -120,6 +122,8 @@ class ZmqSink(Sink):
                 self._count("dropped")
                 return
         else:
+            parts = result_parts(frame, encodings, p.jpeg_quality)
+            copy = not needs_zero_copy(parts)
             flags = zmq.NOBLOCK if p.queue == "latest" else 0
             try:
                 self._sock.send_multipart(parts, flags, copy=copy)

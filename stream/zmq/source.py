@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Iterator, Literal
 
 import zmq
@@ -20,11 +21,12 @@ from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
 from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
-from stream.zmq.sockets import CurveClient, CurveServer, open_socket, send_parts, start_authenticator
+from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, send_parts, start_authenticator
 
 log = logging.getLogger("costream.zmq")
 _SOCKET_TYPES = {"sub": zmq.SUB, "pull": zmq.PULL, "router": zmq.ROUTER}
 _POLL_MS = 50  # how often a quiet source checks for stop requests and reply timeouts
+_NO_META = MappingProxyType({})  # default client meta
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,15 @@ class ZmqSource(Source):
         self._replies: zmq.Socket | None = None
         self._auth = None
         self._registered = False
-        self._pending: OrderedDict[int, tuple[int, bytes, bytes | None, dict]] = OrderedDict()
+        # key -> (deadline ns, peer, envelope, (request_id, stream, seq)), in arrival (= deadline) order
+        self._pending: dict[int, tuple[int, bytes, bytes | None, tuple[Any, Any, Any]]] = {}
         self._next_key = 0
         self._limits: P.Limits = self.params.limits  # built once, not per message
+        self._reply_timeout_ns = int(self.params.reply_timeout_s * 1e9)
         self._thread: int | None = None  # ident of the thread running frames() (owns the sockets)
+        self._unwrap_single = self.params.unwrap_single
+        self._inproc_used = False  # a reply sink pushes over inproc (set from its thread by attach)
+        self._endpoint = self.params.endpoint
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -109,7 +116,7 @@ class ZmqSource(Source):
                 self._replies = self._ctx.socket(zmq.PULL)
                 self._replies.bind(inproc)
                 self._hub.register(ReplyChannel(p.endpoint, self._ctx, inproc, self.stop, self.stats,
-                                                self._deliver_here))
+                                                self._deliver_here, self._attach_inproc))
                 self._registered = True
         except Exception:
             self.teardown()
@@ -152,23 +159,47 @@ class ZmqSource(Source):
     def frames(self) -> Iterator[Frame]:
         if self._sock is None:
             raise RuntimeError(f"{self.name}: frames() called before setup()")
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
-        if self._replies is not None:
-            poller.register(self._replies, zmq.POLLIN)
+        sock, replies = self._sock, self._replies
+        items = [(sock, zmq.POLLIN)] if replies is None else [(sock, zmq.POLLIN), (replies, zmq.POLLIN)]
+        poll = zmq.zmq_poll  # one prebuilt item list, no Poller bookkeeping per request
+        stop = self._stop
+        accept = self._accept
         latest = self.params.queue == "latest"
+        if not latest:
+            sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         self._thread = threading.get_ident()
         try:
-            while not self._stop.is_set():
-                events = dict(poller.poll(_POLL_MS))
-                if self._replies is not None:
-                    if self._replies in events:
-                        self._forward_replies()
-                    self._expire_pending()
-                if self._sock not in events:
+            while not stop.is_set():
+                if not latest and not self._inproc_used:
+                    # Only the data socket to watch (no reply sink on inproc): a blocking receive bounded
+                    # by RCVTIMEO, a few system calls less per request than polling.
+                    if self._pending:
+                        self._expire_pending()
+                    try:
+                        parts = recv_parts(sock)
+                    except zmq.Again:
+                        continue
+                    frame = accept(parts)
+                    if frame is not None:
+                        yield frame
                     continue
-                batch = self._drain() if latest else [self._accept(self._sock.recv_multipart(copy=False))]
-                for frame in batch:
+                ready = poll(items, _POLL_MS)
+                data = False
+                for polled, _ in ready:
+                    if polled is sock:
+                        data = True
+                    else:
+                        self._forward_replies()
+                if replies is not None and self._pending:
+                    self._expire_pending()
+                if not data:
+                    continue
+                if latest:
+                    for frame in self._drain():
+                        if frame is not None:
+                            yield frame
+                else:
+                    frame = accept(recv_parts(sock, zmq.NOBLOCK))
                     if frame is not None:
                         yield frame
         finally:  # also when the executor closes the generator (max_frames reached, stop requested)
@@ -221,21 +252,30 @@ class ZmqSource(Source):
                 parts = parts[1:]
         t_recv = now_ns()
         try:
-            message = P.decode(parts, self._limits)
-            header = message.header
+            msg_type, header, tensors, _ = P.decode_fields(parts, self._limits)
             request_id = header.get("request_id")
-            if message.msg_type == P.MSG_PING:
+            if msg_type == P.MSG_PING:
                 if peer is not None:
                     self._route(peer, envelope, stats_reply_parts(request_id, self.stats()))
                 return None
-            if message.msg_type != P.MSG_FRAME:
+            if msg_type != P.MSG_FRAME:
                 raise P.ProtocolError(P.BAD_TYPE, f"a source accepts frame (1) or ping (3) messages, got "
-                                      f"{P.MSG_TYPES[message.msg_type]} ({message.msg_type})")
-            stream = P.header_field(header, "stream", str, "zmq")
-            seq = P.header_field(header, "seq", int, None)
-            t_capture = P.header_field(header, "t_capture_ns", int, None) or t_recv
-            client_meta = P.header_field(header, "meta", dict, {})
-            if request_id is not None and not isinstance(request_id, (int, str)):
+                                      f"{P.MSG_TYPES[msg_type]} ({msg_type})")
+            # Fast checks for the usual types; header_field gives the error (or None) for anything else.
+            stream = header.get("stream", "zmq")
+            if stream.__class__ is not str:
+                stream = P.header_field(header, "stream", str, "zmq")
+            seq = header.get("seq")
+            if seq.__class__ is not int:
+                seq = P.header_field(header, "seq", int, None)
+            t_capture = header.get("t_capture_ns")
+            if t_capture.__class__ is not int:
+                t_capture = P.header_field(header, "t_capture_ns", int, None)
+            t_capture = t_capture or t_recv
+            client_meta = header.get("meta", _NO_META)
+            if client_meta.__class__ is not dict:
+                client_meta = P.header_field(header, "meta", dict, _NO_META)
+            if request_id is not None and request_id.__class__ is not int and not isinstance(request_id, (int, str)):
                 raise P.ProtocolError(P.MALFORMED_HEADER, f"request_id must be an integer or string, got {request_id!r}")
         except P.ProtocolError as exc:
             self._count(f"rejected.{exc.code}")
@@ -250,10 +290,9 @@ class ZmqSource(Source):
             else:
                 log.debug("%s: rejected a message: %s", self.name, exc)
             return None
-        meta = {k: v for k, v in client_meta.items() if not str(k).startswith("zmq.")}
+        meta = {k: v for k, v in client_meta.items() if not str(k).startswith("zmq.")} if client_meta else {}
         meta["zmq.t_recv_ns"] = t_recv
-        tensors = message.tensors
-        if self.params.unwrap_single and len(tensors) == 1:
+        if self._unwrap_single and len(tensors) == 1:
             (name, data), = tensors.items()
             meta["zmq.tensor"] = name
         else:
@@ -261,13 +300,17 @@ class ZmqSource(Source):
         if peer is not None:
             key = self._next_key
             self._next_key += 1
-            meta.update({"zmq.peer": peer, "zmq.key": key, "zmq.request_id": request_id,
-                         "zmq.endpoint": self.params.endpoint})
-            deadline = t_recv + int(self.params.reply_timeout_s * 1e9)
-            self._pending[key] = (deadline, peer, envelope, {"request_id": request_id, "stream": stream,
-                                                              "seq": seq})
+            meta["zmq.peer"] = peer
+            meta["zmq.key"] = key
+            meta["zmq.request_id"] = request_id
+            meta["zmq.endpoint"] = self._endpoint
+            self._pending[key] = (t_recv + self._reply_timeout_ns, peer, envelope, (request_id, stream, seq))
         self._count("accepted")
-        return self.make_frame(data, stream, seq=seq, t_capture=t_capture, meta=meta)
+        if seq is None or stream is None:
+            return self.make_frame(data, stream, seq=seq, t_capture=t_capture, meta=meta)
+        # make_frame's work without its two copies of `meta` (a fresh dict nobody else holds)
+        self._next_seq[stream] = seq + 1
+        return Frame(stream, seq, t_capture, data, MappingProxyType(meta))
 
     # replies (router mode) -------------------------------------------------------------------------
     def _route(self, peer: bytes, envelope: bytes | None, parts: list[Any]) -> None:
@@ -282,8 +325,12 @@ class ZmqSource(Source):
     def _send_error(self, key: int, code: str, message: str) -> None:
         entry = self._pending.pop(key, None)
         if entry is not None:
-            _, peer, envelope, info = entry
-            self._route(peer, envelope, error_reply_parts(info["request_id"], code, message, info))
+            _, peer, envelope, (request_id, stream, seq) = entry
+            self._route(peer, envelope, error_reply_parts(request_id, code, message, {"stream": stream, "seq": seq}))
+
+    def _attach_inproc(self) -> None:
+        """A reply sink is about to PUSH replies over inproc: poll that socket too from now on."""
+        self._inproc_used = True
 
     def _deliver_here(self, key: int, parts: list[Any]) -> bool:
         """Route a reply directly when called on this source's thread (a reply sink running in it via
