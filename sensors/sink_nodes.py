@@ -56,7 +56,7 @@ class PredictionRecord:
         }
 
     def format_line(self) -> str:
-        ranked = " | ".join(f"{p.label} {p.score:.2f}" for p in self.predictions)
+        ranked = " | ".join(f"{p.label} {p.score:.1%}" for p in self.predictions)
         model = f" [{self.model}]" if self.model else ""
         return f"{self.stream} #{self.seq}{model}: {ranked}  ({self.latency_ms:.1f} ms)"
 
@@ -247,7 +247,7 @@ class AnnotatedVideoWriter(Sink):
             raise ValueError(f"data['image'] must be uint8 (H, W, 3) BGR, got dtype {image.dtype} shape {image.shape}")
         if scores_of(frame) is not None:
             record = predict(frame, self.params.k, self.params.labelset, self.params.scores, now)
-            lines = [f"{p.label}: {p.score:.2f}" for p in record.predictions]
+            lines = [f"{p.label}: {p.score:.1%}" for p in record.predictions]
         else:
             lines = ["no prediction"]
         lines.append(f"latency {(now - frame.t_capture) / 1e6:.1f} ms")

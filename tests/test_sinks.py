@@ -109,9 +109,9 @@ def test_console_prints_top_k_and_rate_limits_per_stream() -> None:
     sink.process(_frame("a", 2, _scores(60, {1: 0.6, 0: 0.3})))
     lines = out.getvalue().splitlines()
     assert lines == [
-        "a #0 [costgcn]: drink water 0.90 | eat meal/snack 0.05  (40.0 ms)",
-        "b #0 [costgcn]: pickup 0.80 | throw 0.10  (40.0 ms)",
-        "a #2 [costgcn]: eat meal/snack 0.60 | drink water 0.30  (1038.0 ms)",
+        "a #0 [costgcn]: drink water 90.0% | eat meal/snack 5.0%  (40.0 ms)",
+        "b #0 [costgcn]: pickup 80.0% | throw 10.0%  (40.0 ms)",
+        "a #2 [costgcn]: eat meal/snack 60.0% | drink water 30.0%  (1038.0 ms)",
     ]
     assert sink.printed == 3 and sink.suppressed == 1
 
@@ -120,7 +120,7 @@ def test_console_writes_to_stdout_by_default(capsys: pytest.CaptureFixture[str])
     sink = LabelsConsole(build_params(ConsoleParams, {"k": 1}), clock=FakeClock(T0))
     sink.setup(NodeContext(name="console"))
     sink.process(_frame("cam", 0, _scores(60, {22: 0.5})))
-    assert capsys.readouterr().out == "cam #0 [costgcn]: hand waving 0.50  (0.0 ms)\n"
+    assert capsys.readouterr().out == "cam #0 [costgcn]: hand waving 50.0%  (0.0 ms)\n"
 
 
 def test_video_writer_produces_a_readable_annotated_video(tmp_path: Path) -> None:
