@@ -30,6 +30,7 @@ from bench_util import BenchCase  # noqa: E402
 from operators.models.costgcn import CoSTGCN, variant_config  # noqa: E402
 from operators.models.oadtr import CoOadTR, OadTR, OadTRConfig  # noqa: E402
 from operators.models.stgcn import STGCN  # noqa: E402
+from operators.state import state_nbytes
 
 NTU_CLIP = 300  # frames of an NTU RGB+D clip as ST-GCN sees it
 OADTR_SIZES = dict(d_in=2048, d_model=1024, heads=8, dim_feedforward=1024, window=64, num_classes=22)
@@ -47,18 +48,6 @@ def count_flops(fn: Callable[[], Any], grad: bool = False) -> int:
     return int(counter.get_total_flops())
 
 
-def state_bytes(state: Any) -> int:
-    """Bytes of the tensors in a continual state."""
-    total, stack = 0, [state]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Tensor):
-            total += item.numel() * item.element_size()
-        elif isinstance(item, (tuple, list)):
-            stack.extend(item)
-        elif hasattr(item, "__dataclass_fields__"):
-            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
-    return total
 
 
 class Stepper:
@@ -111,7 +100,7 @@ def stgcn_case(variant: str, clip: int = NTU_CLIP) -> BenchCase:
     flops_offline = count_flops(run_offline)
     flops_ours = count_flops(lambda: stepper.steps(per_prediction))
     extra = {"gflops_offline": flops_offline / 1e9, "gflops_continual": flops_ours / 1e9, "clip_frames": clip,
-             "steps_per_prediction": per_prediction, "state_mib": state_bytes(stepper.state) / 2**20}
+             "steps_per_prediction": per_prediction, "state_mib": state_nbytes(stepper.state) / 2**20}
     if variant == "costgcn_star":
         star = STGCN(variant_config("costgcn_star", 60)).eval()
         extra["gflops_offline_stgcn_star"] = count_flops(lambda: star(x)) / 1e9
@@ -151,7 +140,7 @@ def oadtr_case(layers: int, sizes: dict | None = None) -> BenchCase:
         flop_ratio=flops_offline / flops_ours,
         notes="offline: nn.TransformerEncoder on the window, last frame classified; ours: one step",
         extra={"mflops_offline": flops_offline / 1e6, "mflops_continual": flops_ours / 1e6,
-               "state_mib": state_bytes(stepper.state) / 2**20},
+               "state_mib": state_nbytes(stepper.state) / 2**20},
     )
 
 

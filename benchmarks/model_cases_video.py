@@ -23,6 +23,7 @@ from bench_util import BenchCase  # noqa: E402
 
 from operators.models.cox3d import CoX3D  # noqa: E402
 from operators.models.x3d import X3D, X3DConfig  # noqa: E402
+from operators.state import state_nbytes
 
 
 def count_flops(fn: Any, *args: Any) -> int:
@@ -32,19 +33,6 @@ def count_flops(fn: Any, *args: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def state_bytes(state: Any) -> int:
-    """Bytes of the tensors in a continual state."""
-    total = 0
-    stack = [state]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Tensor):
-            total += item.numel() * item.element_size()
-        elif isinstance(item, (tuple, list)):
-            stack.extend(item)
-        elif hasattr(item, "__dataclass_fields__"):
-            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
-    return total
 
 
 def _pair(size: str, seed: int = 0, crop: int | None = None, window: int | None = None) -> tuple[X3D, CoX3D]:
@@ -116,7 +104,7 @@ def model_rows(sizes: tuple[str, ...] = ("xs", "s", "m", "l")) -> list[dict[str,
             "params_m": sum(p.numel() for p in offline.parameters()) / 1e6,
             "gflops_offline": count_flops(offline, clip) / 1e9,
             "gflops_continual": count_flops(continual.step, frame, state) / 1e9,
-            "state_mib": state_bytes(state) / 2**20,
+            "state_mib": state_nbytes(state) / 2**20,
             "receptive_field": continual.receptive_field,
             "delay": continual.delay,
         })

@@ -54,6 +54,18 @@ def batch_size_of(state: Any) -> int | None:
     return found[0] if found else None
 
 
+def state_nbytes(state: Any) -> int:
+    """Bytes held by the tensors of a state (memory per stream for a batch-1 state)."""
+    total = [0]
+
+    def visit(t: Tensor) -> Tensor:
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    _map_fields(state, visit)
+    return total[0]
+
+
 def stack_states(states: Sequence[Any]) -> Any:
     """One state for a batch made of several streams' states (concatenated along dim 0)."""
     if not states:

@@ -8,14 +8,7 @@ from operators.models.oadtr import CoOadTR, OadTR, OadTRConfig, build_cooadtr
 from operators.models.weights import WeightsError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny kernels: extra intra-op threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small(layers: int, **kwargs) -> OadTRConfig:

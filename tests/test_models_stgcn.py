@@ -15,14 +15,7 @@ from operators.models.weights import WeightsError, load_weights
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny per-frame kernels: extra intra-op threads only contend on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize_bn(model: torch.nn.Module) -> None:
