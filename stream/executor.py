@@ -41,6 +41,7 @@ from stream.spec import ErrorPolicy, NodeSpec, PipelineSpec, QueuePolicy
 log = logging.getLogger("costream.executor")
 
 _SIGNAL_CHECK_S = 0.1  # how often wait() wakes to let signal handlers run (not on the data path)
+MAX_LATENCY_SAMPLES = 1_000_000  # per series and node; older samples are dropped in halves (8 MB each)
 _LOGGED_ERRORS_PER_NODE = 10  # full log lines per node; later failures are logged every 1000th
 
 
@@ -97,7 +98,8 @@ class LocalExecutor:
     """Runs a `PipelineSpec` in this process with one worker thread per node."""
 
     def __init__(self, spec: PipelineSpec, free_running: bool = False, max_frames: int | None = None, *,
-                 clock: Clock | None = None, max_error_records: int = 20, fuse: Collection[str] = ()) -> None:
+                 clock: Clock | None = None, max_error_records: int = 20,
+                 max_latency_samples: int = MAX_LATENCY_SAMPLES, fuse: Collection[str] = ()) -> None:
         if max_frames is not None and max_frames < 0:
             raise ValueError(f"max_frames must be None or >= 0, got {max_frames}")
         if isinstance(fuse, str):
@@ -108,6 +110,9 @@ class LocalExecutor:
         self.free_running = free_running
         self.max_frames = max_frames
         self.max_error_records = max_error_records
+        if max_latency_samples < 1:
+            raise ValueError(f"max_latency_samples must be >= 1, got {max_latency_samples}")
+        self.max_latency_samples = max_latency_samples
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._workers: dict[str, _Worker] = {}
         self._placement = DevicePlacement()
@@ -197,6 +202,8 @@ class LocalExecutor:
                     # Bounded joins: a signal may be delivered to a worker thread, and its Python handler
                     # (Ctrl-C, SIGTERM -> request_stop) runs only once this main thread wakes up.
                     worker.thread.join(_SIGNAL_CHECK_S if left is None else min(left, _SIGNAL_CHECK_S))
+                    for w in self._workers.values():
+                        w.metrics.trim(self.max_latency_samples)
                 except KeyboardInterrupt:
                     if self._stop_requested:  # a second Ctrl-C: stop without draining the queues
                         log.warning("second interrupt: discarding queued frames of pipeline %r", self.spec.name)
@@ -638,19 +645,20 @@ class LocalExecutor:
         e2e: dict[str, Any] = {}
         for name, w in self._workers.items():
             m = w.metrics
+            m.trim(self.max_latency_samples)
             sink = w.spec.role == "sink"
             nodes[name] = NodeReport(
                 name=name, kind=w.spec.kind, role=w.spec.role, device=w.device,
                 frames_in=m.frames_in, frames_out=m.frames_out, failed=m.failed, batches=m.batches,
                 throughput_hz=m.throughput_hz(self._t_end),
-                service=LatencyStats.from_ns(m.service_ns, warmup),
-                queue_wait=LatencyStats.from_ns(m.queue_ns, warmup),
-                end_to_end=LatencyStats.from_ns(m.e2e_ns, warmup) if sink else None,
+                service=LatencyStats.from_ns(m.service_ns, m.warmup_left("service_ns", warmup)),
+                queue_wait=LatencyStats.from_ns(m.queue_ns, m.warmup_left("queue_ns", warmup)),
+                end_to_end=LatencyStats.from_ns(m.e2e_ns, m.warmup_left("e2e_ns", warmup)) if sink else None,
                 join=w.joiner.counters.as_dict() if w.joiner is not None else None,
                 length=w.length,
             )
             if sink:
-                e2e[name] = samples_ms(m.e2e_ns, warmup)
+                e2e[name] = samples_ms(m.e2e_ns, m.warmup_left("e2e_ns", warmup))
             for edge in (w.inbox.edges if w.inbox is not None else []):
                 c = edge.counters
                 edges.append(EdgeReport(edge.source, edge.target, edge.policy.value, edge.capacity, c.offered,

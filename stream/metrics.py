@@ -20,7 +20,7 @@ class NodeMetrics:
     """What one node's worker records."""
 
     __slots__ = ("name", "role", "frames_in", "frames_out", "failed", "batches", "service_ns", "queue_ns",
-                 "e2e_ns", "t_start", "t_first", "t_last")
+                 "e2e_ns", "t_start", "t_first", "t_last", "trimmed")
 
     def __init__(self, name: str, role: str) -> None:
         self.name = name
@@ -35,6 +35,24 @@ class NodeMetrics:
         self.t_start = 0  # worker start (monotonic ns)
         self.t_first = 0  # first frame seen
         self.t_last = 0  # last frame finished
+        self.trimmed = {"service_ns": 0, "queue_ns": 0, "e2e_ns": 0}  # oldest samples dropped by `trim`
+
+    def trim(self, keep: int) -> None:
+        """Bound memory on long runs: once a series holds 2 x `keep` samples, drop its oldest half.
+
+        In place (workers hold references to the arrays) and rare (one memmove per `keep` samples),
+        so percentiles of a day-long run describe its most recent `keep`..2 x `keep` samples.
+        """
+        for name in ("service_ns", "queue_ns", "e2e_ns"):
+            series = getattr(self, name)
+            excess = len(series) - keep
+            if excess >= keep:
+                del series[:excess]
+                self.trimmed[name] += excess
+
+    def warmup_left(self, name: str, warmup: int) -> int:
+        """How many of the samples still held belong to the warm-up."""
+        return max(0, warmup - self.trimmed[name])
 
     def throughput_hz(self, now_ns: int) -> float:
         """Frames handled per second since the first frame."""

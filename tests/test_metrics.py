@@ -82,3 +82,15 @@ def test_report_table_lists_nodes_and_percentiles(report):
 def test_report_plot_is_a_png(report, tmp_path):
     path = report.write_plot(tmp_path / "latency.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trim_keeps_the_newest_samples_and_the_warmup_accounting():
+    from stream.metrics import NodeMetrics
+
+    m = NodeMetrics("n", "sink")
+    m.e2e_ns.extend(range(25))
+    m.trim(10)  # 25 >= 2 x 10: drop the oldest 15
+    assert list(m.e2e_ns) == list(range(15, 25)) and m.trimmed["e2e_ns"] == 15
+    m.trim(10)  # under 2 x keep: nothing to do
+    assert len(m.e2e_ns) == 10
+    assert m.warmup_left("e2e_ns", 20) == 5 and m.warmup_left("e2e_ns", 3) == 0
