@@ -280,6 +280,13 @@ def test_node_interleaved_streams_equal_each_alone(tmp_path: Path, streams: Stre
     # a gap in a stream's seq starts its state afresh: no output until the receptive field refills
     gap = Frame(stream="cam/a", seq=n + 5, t_capture=0, data={"video": fa[0].data["video"]})
     assert node.process(gap) == []
+    # so does a sensor restart that keeps counting seq (a looping file, a reconnected camera)
+    for f in fb[:co.delay]:  # stream b is warm: feed it past its delay again without a gap
+        node.process(Frame(stream="cam/b", seq=n + f.seq, t_capture=0, data=f.data))
+    assert node.process(Frame(stream="cam/b", seq=n + co.delay, t_capture=0, data=fb[0].data)) != []
+    restart = Frame(stream="cam/b", seq=n + co.delay + 1, t_capture=0, data=fb[0].data,
+                    meta={"discontinuity": True})
+    assert node.process(restart) == []
 
 
 def test_node_rejects_wrong_frames(tmp_path: Path, streams: Streams):

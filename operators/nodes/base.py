@@ -29,7 +29,7 @@ class ModelNodeParams:
 
     weights: str | None = None  # path to a checkpoint; None: random init (a warning is logged)
     idle_timeout_s: float | None = 60.0  # evict a stream's state after this long without frames
-    reset_on_gap: bool = True  # a jump in a stream's seq starts its state afresh
+    reset_on_gap: bool = True  # a jump in a stream's seq (or meta["discontinuity"]) starts its state afresh
 
 
 class ContinualModelNode(Operator):
@@ -82,6 +82,10 @@ class ContinualModelNode(Operator):
         """Step frames of distinct streams; streams in the same state phase share one batched step."""
         groups: dict[tuple, list[tuple[Frame, Any]]] = {}
         for frame in frames:
+            if frame.meta.get("discontinuity") and frame.stream in self.states:
+                # the sensor restarted (a looping file, a reconnected camera): the past no longer
+                # leads up to this frame, so the stream's continual state starts afresh
+                self.states.reset(frame.stream)
             state = self.states.get(frame)
             groups.setdefault(state_phase(state), []).append((frame, state))
         out: list[Frame] = []
