@@ -607,6 +607,8 @@ class LocalExecutor:
         """Count, log and record a failure; returns False if the node must stop (policy `stop`)."""
         fatal = force_fatal or worker.spec.on_error is ErrorPolicy.STOP
         record = self._record(worker, frame, exc, count=frame is not None)
+        if frame is not None and frame.trace:
+            self._tell_source(frame, worker.spec.name, exc)
         if fatal:
             with self._errors_lock:
                 if self._fatal is None:
@@ -617,6 +619,16 @@ class LocalExecutor:
                 worker.inbox.close()
             return False
         return frame is not None  # a source cannot resume a frames() iterator that raised
+
+    def _tell_source(self, frame: Frame, node: str, exc: BaseException) -> None:
+        """Let the source that produced `frame` (the first trace stamp) react to its failure."""
+        origin = self._workers.get(frame.trace[0][0])
+        if origin is None or origin.spec.role != "source" or origin is self._workers.get(node):
+            return
+        try:
+            origin.node.frame_failed(frame, node, exc)
+        except Exception as hook_exc:  # the hook must never take the failing node down with it
+            log.error("source %r failed in frame_failed(): %s", origin.spec.name, hook_exc)
 
     def _record(self, worker: _Worker, frame: Frame | None, exc: BaseException, count: bool) -> ErrorRecord:
         stream, seq = (frame.stream, frame.seq) if frame is not None else (None, None)

@@ -103,6 +103,13 @@ class Source(Node):
         only set a flag or an Event here. Sources that never block need not override it.
         """
 
+    def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
+        """A frame this source produced made node `node` raise (the runtime has counted and logged it).
+
+        Called from the failing node's thread. Sources that answer requests (a ZeroMQ router) reply
+        with an error at once instead of letting the requester time out; others need not override it.
+        """
+
     @property
     def native_rate_hz(self) -> float | None:
         """The sensor's own frame rate once set up (a video file's fps), used by `rate_hz: native`."""

@@ -705,3 +705,26 @@ def test_latency_samples_are_bounded_on_long_runs():
     assert report.nodes["sink"].frames_in == 100
     assert 10 <= stats.count < 20  # the newest samples only; the warm-up was among the trimmed ones
     assert stats.skipped == 0
+
+
+class ReportingSource(ListSource):
+    """Records what the runtime tells it about its frames that failed downstream."""
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.failures: list[tuple[int, str, str]] = []
+
+    def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
+        self.failures.append((frame.seq, node, str(error)))
+
+
+def test_the_source_of_a_failed_frame_is_told_which_node_failed():
+    spec = pipeline_spec(node_spec("src", ReportingSource, ReportingSource.Params(list(range(6)))),
+                         node_spec("flaky", Flaky, CtlParams(), inputs=["src"]),
+                         node_spec("sink", CollectSink, inputs=["flaky"]))
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    src = ex.nodes["src"]
+    failed = report.nodes["flaky"].failed
+    assert failed > 0 and [(seq, node) for seq, node, _ in src.failures] == [
+        (e.seq, "flaky") for e in report.errors]

@@ -388,3 +388,38 @@ def test_fuse_of_an_unknown_or_unfusable_node_or_contradicting_flags_are_config_
         srv = Server(tmp_path, PASSTHROUGH, endpoint, *args)
         assert srv.proc.wait(DEADLINE_S) == 2
         assert message in srv.log.read_text()
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_node_failure_is_answered_at_once_and_others_are_served(tmp_path, fuse):
+    pipeline = tmp_path / "failing.yaml"
+    pipeline.write_text(textwrap.dedent(f"""
+        version: 1
+        name: failing
+        nodes:
+          requests: {{kind: zmq_source, params: {{socket: router, reply_timeout_s: 60}}}}
+          model:
+            kind: test_zmq_slow_node:FailWhenAsked
+            inputs: [{{from: requests, policy: block}}]
+            fuse: {str(fuse).lower()}
+          replies:
+            kind: zmq_sink
+            params: {{mode: reply}}
+            inputs: [{{from: model, policy: block}}]
+            fuse: {str(fuse).lower()}
+    """))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    srv = Server(tmp_path, str(pipeline), endpoint)
+    try:
+        with Client(endpoint, timeout=10) as client:  # far below reply_timeout_s: no waiting for a timeout
+            srv.wait_ready(client)
+            with pytest.raises(ServerError) as failed:
+                client.request(np.zeros(2), stream="s", meta={"fail": True})
+            fine = client.request(np.arange(3), stream="s")
+            stats = client.ping()
+    finally:
+        assert srv.stop() == 0
+    assert failed.value.code == P.NODE_FAILED and "asked to fail" in failed.value.message
+    assert "'model'" in failed.value.message
+    assert fine.ok and fine.arrays["input"].tolist() == [0, 1, 2]
+    assert stats["node_failures"] == 1 and stats.get("timeouts", 0) == 0

@@ -26,3 +26,12 @@ class HoldWhileFileMissing(Operator):
                     break
                 wait.wait(0.01)
         return frame
+
+
+class FailWhenAsked(Operator):
+    """Raises on frames whose meta has `fail: true`, passes the others through."""
+
+    def process(self, frame: Frame) -> Frame:
+        if frame.meta.get("fail"):
+            raise RuntimeError("asked to fail")
+        return frame

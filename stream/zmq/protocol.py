@@ -74,6 +74,7 @@ DECODE_FAILED = "decode_failed"
 OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
 SHUTTING_DOWN = "shutting_down"
+NODE_FAILED = "node_failed"
 
 
 class ProtocolError(ValueError):

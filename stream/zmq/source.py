@@ -94,6 +94,9 @@ class ZmqSource(Source):
         self._unwrap_single = self.params.unwrap_single
         self._inproc_used = False  # a reply sink pushes over inproc (set from its thread by attach)
         self._endpoint = self.params.endpoint
+        self._inproc_address: str | None = None
+        self._failure_push = threading.local()  # per failing worker thread: a PUSH to the inproc PULL
+        self._failure_socks: list[zmq.Socket] = []
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -113,6 +116,7 @@ class ZmqSource(Source):
                                      curve_server=curve_server, curve_client=curve_client)
             if p.socket == "router":
                 inproc = ReplyHub.new_inproc_address()
+                self._inproc_address = inproc
                 self._replies = self._ctx.socket(zmq.PULL)
                 self._replies.bind(inproc)
                 self._hub.register(ReplyChannel(p.endpoint, self._ctx, inproc, self.stop, self.stats,
@@ -129,6 +133,10 @@ class ZmqSource(Source):
 
     def teardown(self) -> None:
         self._stop.set()
+        with self._lock:
+            for sock in self._failure_socks:
+                sock.close(linger=0)
+            self._failure_socks.clear()
         if self._registered:
             self._hub.unregister(self.params.endpoint)
             self._registered = False
@@ -327,6 +335,38 @@ class ZmqSource(Source):
         if entry is not None:
             _, peer, envelope, (request_id, stream, seq) = entry
             self._route(peer, envelope, error_reply_parts(request_id, code, message, {"stream": stream, "seq": seq}))
+
+    def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
+        """Answer the request behind `frame` with a `node_failed` error now, not after the timeout."""
+        key = frame.meta.get("zmq.key")
+        if self.params.socket != "router" or not isinstance(key, int) or self._inproc_address is None:
+            return
+        message = f"node {node!r} failed on stream {frame.stream!r} seq {frame.seq}: {type(error).__name__}: {error}"
+        with self._lock:
+            self.counters["node_failures"] += 1
+        if threading.get_ident() == self._thread:  # the failing node runs fused in this source's thread
+            self._send_error(key, P.NODE_FAILED, message)
+            return
+        entry = self._pending.get(key)  # a dict read: atomic; the source thread owns the writes
+        if entry is None:
+            return
+        request_id, stream, seq = entry[3]
+        parts = error_reply_parts(request_id, P.NODE_FAILED, message, {"stream": stream, "seq": seq})
+        sock = getattr(self._failure_push, "sock", None)
+        if sock is None or sock.closed:
+            ctx = self._ctx
+            if ctx is None:
+                return
+            sock = ctx.socket(zmq.PUSH)
+            sock.connect(self._inproc_address)
+            self._failure_push.sock = sock
+            with self._lock:
+                self._failure_socks.append(sock)
+        self._attach_inproc()
+        try:
+            sock.send_multipart([key.to_bytes(8, "little"), *parts], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the source is gone or far behind: the request times out as before
+            pass
 
     def _attach_inproc(self) -> None:
         """A reply sink is about to PUSH replies over inproc: poll that socket too from now on."""
