@@ -423,3 +423,29 @@ def test_a_node_failure_is_answered_at_once_and_others_are_served(tmp_path, fuse
     assert "'model'" in failed.value.message
     assert fine.ok and fine.arrays["input"].tolist() == [0, 1, 2]
     assert stats["node_failures"] == 1 and stats.get("timeouts", 0) == 0
+
+
+def test_serving_a_pipeline_without_zmq_nodes_wraps_it(tmp_path):
+    """`costream serve` on an ordinary pipeline: its source becomes the router, its sink the replies."""
+    pipeline = tmp_path / "plain.yaml"
+    pipeline.write_text(textwrap.dedent("""
+        version: 1
+        name: plain
+        nodes:
+          camera: {kind: synthetic, params: {count: 5}}
+          scale: {kind: passthrough, inputs: [camera]}
+          out: {kind: "null", inputs: [{from: scale, policy: block}]}
+    """))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    srv = Server(tmp_path, str(pipeline), endpoint)
+    try:
+        with Client(endpoint, timeout=10) as client:
+            srv.wait_ready(client)
+            replies = [client.request(np.full((2, 3), i, dtype=np.float32), stream="cam", seq=i) for i in range(3)]
+    finally:
+        assert srv.stop() == 0
+    assert [r.seq for r in replies] == [0, 1, 2]
+    for i, reply in enumerate(replies):
+        (array,) = reply.arrays.values()
+        assert array.dtype == np.float32 and array.tolist() == np.full((2, 3), i).tolist()
+        assert "scale" in reply.latency
