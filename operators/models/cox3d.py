@@ -170,13 +170,8 @@ class CoResBlock(ContinualModule):
     def padding(self) -> int:
         return self.branch2.padding
 
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x
-        if self.branch1_conv is not None:
-            shortcut = self.branch1_conv(x)
-            if self.branch1_norm is not None:
-                shortcut = self.branch1_norm(shortcut)
-        return self.activation(shortcut + self.branch2(x))
+    # The offline computation is X3D's block itself (same child names, each child's forward is torch's).
+    forward = ResBlock.forward
 
     def init_state(self, batch_size: int, device: Any = None, dtype: Any = None) -> ResBlockState:
         def init(m: ContinualModule | None) -> Any:
