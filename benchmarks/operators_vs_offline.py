@@ -30,17 +30,8 @@ BASELINES = {
 
 
 def load_cases(batch: int) -> list[BenchCase]:
-    """Cases of every case module that exists (the sequence cases are optional)."""
-    out: list[BenchCase] = []
-    for name in CASE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        out.extend(module.cases(batch))
-    return out
+    """Cases (a) from op_cases_conv, (b) and (c) from op_cases_sequence."""
+    return [case for name in CASE_MODULES for case in importlib.import_module(name).cases(batch)]
 
 
 def measure(baseline: str, batches: list[int], repeats: int, warmup: int, rounds: int) -> list[dict]:
