@@ -74,6 +74,8 @@ class _Worker:
 
     def __init__(self, spec: NodeSpec, node: Any, device: str) -> None:
         self.spec = spec
+        self.name = spec.name  # hot-path copies of spec fields (spec.role is a property)
+        self.is_sink = spec.role == "sink"
         self.node = node
         self.device = device
         self.metrics = NodeMetrics(spec.name, spec.role)
@@ -507,7 +509,7 @@ class LocalExecutor:
         m.service_ns.append(t1 - t0)
         m.batches += 1
         m.t_last = t1
-        if worker.spec.role == "sink":
+        if worker.is_sink:
             m.e2e_ns.append(t1 - frame.t_capture)
             m.frames_out += 1
             return True
@@ -582,8 +584,8 @@ class LocalExecutor:
 
     def _emit(self, worker: _Worker, frame: Frame, t_ns: int, event: Any = None) -> None:
         """Stamp the frame once and hand the same object to every consumer (no copies)."""
-        stamped = Frame(frame.stream, frame.seq, frame.t_capture, frame.data, frame.meta,
-                        frame.trace + ((worker.spec.name, t_ns),))
+        stamped = Frame.trusted(frame.stream, frame.seq, frame.t_capture, frame.data, frame.meta,
+                                frame.trace + ((worker.name, t_ns),))
         consumer = worker.fused
         if consumer is not None:  # operator chaining: run the consumer here, in this thread
             if worker.outputs[0].pass_through():

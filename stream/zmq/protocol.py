@@ -15,6 +15,7 @@ received ZeroMQ buffers (no copy).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import struct
@@ -57,6 +58,7 @@ _SCALARS = (str, int, float, bool, type(None))
 _SCALAR_CLASSES = frozenset(_SCALARS)
 _FRAME = zmq.Frame
 _PREFIXES = {t: PREFIX.pack(MAGIC, VERSION, t, 0) for t in MSG_TYPES}
+_PREFIX_TYPES = {prefix: t for t, prefix in _PREFIXES.items()}  # valid prefixes, for the fast check
 
 # Stable error codes carried in error replies (docs/zmq-protocol.md, "Errors").
 BAD_MAGIC = "bad_magic"
@@ -102,6 +104,11 @@ class Limits:
                      "max_header_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"limit {name} must be a positive integer, got {getattr(self, name)!r}")
+        # Hashed once: every decoded tensor descriptor looks its checked spec up with the limits.
+        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,15 @@ def _check_int(value: Any, what: str) -> int:
 
 def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
     """Check the 8-byte prefix and parse the JSON header; returns (message type, header)."""
+    msg_type = _PREFIX_TYPES.get(part0[:8]) if part0.__class__ is bytes else None  # usual: a valid prefix
+    if msg_type is not None and len(part0) <= limits.max_header_bytes:
+        try:
+            header = _loads(part0[8:]) if len(part0) > 8 else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(MALFORMED_HEADER, f"header JSON does not parse: {exc}") from None
+        if header.__class__ is not dict:
+            raise ProtocolError(MALFORMED_HEADER, f"header JSON must be an object, got {type(header).__name__}")
+        return msg_type, header
     if len(part0) > limits.max_header_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"header is {len(part0)} bytes; the limit is "
                             f"{limits.max_header_bytes} (max_header_bytes)")
@@ -336,7 +352,7 @@ def _spec(item: Any, index: int, limits: Limits) -> TensorSpec:
         nbytes = item.get("nbytes")
         if (name.__class__ is str and dtype.__class__ is str and encoding.__class__ is str
                 and nbytes.__class__ is int and shape.__class__ is list and len(shape) <= limits.max_dims
-                and all(d.__class__ is int for d in shape)):
+                and not [d for d in shape if d.__class__ is not int]):
             return _checked_spec(name, dtype, tuple(shape), encoding, nbytes, index, limits)
     return _tensor_spec(item, index, limits)
 

@@ -61,6 +61,7 @@ class ZmqSink(Sink):
         self._auth = None
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
+        self._sent = 0  # written only by the thread running process() (no lock per frame)
 
     def setup(self, context: NodeContext) -> None:
         super().setup(context)
@@ -110,7 +111,7 @@ class ZmqSink(Sink):
                 self._channel = self._hub.lookup(self.params.endpoint)
             deliver = self._channel.deliver
             if deliver is not None and deliver(key, parts):  # running in the source's thread (fused)
-                self._count("sent")
+                self._sent += 1
                 return
             copy = not needs_zero_copy(parts)
             if self._sock is None:
@@ -130,7 +131,7 @@ class ZmqSink(Sink):
             except zmq.Again:  # latest: the peer is behind; bounded: it stayed full for send_timeout_ms
                 self._count("dropped")
                 return
-        self._count("sent")
+        self._sent += 1
 
     def _count(self, key: str) -> None:
         with self._lock:
@@ -138,7 +139,10 @@ class ZmqSink(Sink):
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return dict(self.counters)
+            stats = dict(self.counters)
+        if self._sent:
+            stats["sent"] = self._sent
+        return stats
 
     def teardown(self) -> None:
         if self._sock is not None and not self._sock.closed:
@@ -151,8 +155,9 @@ class ZmqSink(Sink):
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
-        if self.counters:
-            log.info("%s: %s", self.name, dict(self.counters))
+        stats = self.stats()
+        if stats:
+            log.info("%s: %s", self.name, stats)
 
 
 def _image_names(frame: Frame) -> list[str]:

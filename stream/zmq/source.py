@@ -80,6 +80,9 @@ class ZmqSource(Source):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
+        # Per-request counters are plain ints written only by the thread running frames() (no lock on
+        # the hot path); `stats()` merges them with the rarer counters above.
+        self._received = self._accepted = self._replied = 0
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._replies: zmq.Socket | None = None
@@ -151,13 +154,18 @@ class ZmqSource(Source):
             # close, so it runs off the executor's thread and never delays shutdown.
             threading.Thread(target=self._ctx.term, name=f"{self.name}-zmq-term", daemon=True).start()
             self._ctx = None
-        if self.counters:
-            log.info("%s: %s", self.name, dict(self.counters))
+        stats = self.stats()
+        if stats:
+            log.info("%s: %s", self.name, stats)
 
     def stats(self) -> dict[str, int]:
         """Counters (received, accepted, rejected.<code>, dropped_latest, replies, ...); thread-safe."""
         with self._lock:
-            return dict(self.counters)
+            stats = dict(self.counters)
+        for key, value in (("received", self._received), ("accepted", self._accepted), ("replies", self._replied)):
+            if value:
+                stats[key] = value
+        return stats
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -250,7 +258,7 @@ class ZmqSource(Source):
 
     def _accept(self, parts: list[zmq.Frame]) -> Frame | None:
         """Decode one message into a Frame, or answer/count the error and return None."""
-        self._count("received")
+        self._received += 1
         peer = envelope = None
         if self._replies is not None:
             peer = parts[0].bytes
@@ -313,19 +321,19 @@ class ZmqSource(Source):
             meta["zmq.request_id"] = request_id
             meta["zmq.endpoint"] = self._endpoint
             self._pending[key] = (t_recv + self._reply_timeout_ns, peer, envelope, (request_id, stream, seq))
-        self._count("accepted")
+        self._accepted += 1
         if seq is None or stream is None:
             return self.make_frame(data, stream, seq=seq, t_capture=t_capture, meta=meta)
         # make_frame's work without its two copies of `meta` (a fresh dict nobody else holds)
         self._next_seq[stream] = seq + 1
-        return Frame(stream, seq, t_capture, data, MappingProxyType(meta))
+        return Frame.trusted(stream, seq, t_capture, data, MappingProxyType(meta), ())
 
     # replies (router mode) -------------------------------------------------------------------------
     def _route(self, peer: bytes, envelope: bytes | None, parts: list[Any]) -> None:
         head = [peer] if envelope is None else [peer, envelope]
         try:
             send_parts(self._sock, head + parts, zmq.NOBLOCK)
-            self._count("replies")
+            self._replied += 1
         except zmq.ZMQError as exc:  # EHOSTUNREACH: the client is gone; EAGAIN: it stopped reading
             self._count("replies_unroutable")
             log.debug("%s: reply to a departed client dropped: %s", self.name, exc)
