@@ -27,16 +27,16 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any, Collection, Protocol
+from typing import Any, Collection
 
-from stream.edges import Edge, Inbox
 from stream.frame import Frame, now_ns
 from stream.join import Joiner
-from stream.metrics import LatencyStats, NodeMetrics, samples_ms
+from stream.metrics import LatencyStats, samples_ms
 from stream.node import NodeContext, as_frames
 from stream.placement import DevicePlacement, DeviceUnavailableError, resolve_device
 from stream.report import EdgeReport, ErrorRecord, NodeReport, RunReport
-from stream.spec import ErrorPolicy, NodeSpec, PipelineSpec, QueuePolicy
+from stream.spec import ErrorPolicy, PipelineSpec, QueuePolicy
+from stream.worker import Clock, MonotonicClock, Worker
 
 log = logging.getLogger("costream.executor")
 
@@ -47,53 +47,6 @@ _LOGGED_ERRORS_PER_NODE = 10  # full log lines per node; later failures are logg
 
 class PipelineStartError(RuntimeError):
     """The pipeline could not start (bad wiring, a missing device, or a node's setup() raised)."""
-
-
-class Clock(Protocol):
-    """Time source for pacing sources; tests inject `stream.testing.ManualClock`."""
-
-    def now_ns(self) -> int: ...
-
-    def wait_until(self, deadline_ns: int, stop: threading.Event) -> None: ...
-
-
-class MonotonicClock:
-    """Real time; waiting returns early when a stop is requested."""
-
-    def now_ns(self) -> int:
-        return now_ns()
-
-    def wait_until(self, deadline_ns: int, stop: threading.Event) -> None:
-        delay = deadline_ns - now_ns()
-        if delay > 0:
-            stop.wait(delay / 1e9)
-
-
-class _Worker:
-    """Everything the executor keeps about one node while it runs."""
-
-    def __init__(self, spec: NodeSpec, node: Any, device: str) -> None:
-        self.spec = spec
-        self.name = spec.name  # hot-path copies of spec fields (spec.role is a property)
-        self.is_sink = spec.role == "sink"
-        self.node = node
-        self.device = device
-        self.metrics = NodeMetrics(spec.name, spec.role)
-        self.inbox: Inbox | None = Inbox(spec.name) if spec.inputs else None
-        self.outputs: list[Edge] = []
-        self.joiner: Joiner | None = None
-        self.cuda_stream: Any = None
-        self.thread: threading.Thread | None = None
-        self.errors_seen = 0
-        self.length: int | None = None  # sources: frames announced (and capped by max_frames)
-        self.period_ns = 0  # sources: pacing period, 0 when free-running
-        self.fused: _Worker | None = None  # the consumer run inside this worker's thread (operator chaining)
-        self.host: _Worker | None = None  # fused nodes: the worker whose thread runs this node
-
-    @property
-    def alive(self) -> bool:
-        thread = (self.host or self).thread
-        return thread is not None and thread.is_alive()
 
 
 class LocalExecutor:
@@ -116,7 +69,7 @@ class LocalExecutor:
             raise ValueError(f"max_latency_samples must be >= 1, got {max_latency_samples}")
         self.max_latency_samples = max_latency_samples
         self._clock: Clock = clock if clock is not None else MonotonicClock()
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, Worker] = {}
         self._placement = DevicePlacement()
         self._any_cuda = False
         self._stop = threading.Event()
@@ -290,12 +243,12 @@ class LocalExecutor:
                                          f"a join needs at least two")
 
     def _setup_nodes(self) -> None:
-        done: list[_Worker] = []
+        done: list[Worker] = []
         for spec in self.spec.nodes:
             try:
                 device = resolve_device(spec.device, spec.name, self.spec.allow_cpu_fallback)
                 node = spec.build()
-                worker = _Worker(spec, node, device)
+                worker = Worker(spec, node, device)
                 ctx = NodeContext(name=spec.name, device=device, inputs=tuple(i.source for i in spec.inputs),
                                   logger=logging.getLogger(f"costream.node.{spec.name}"))
                 node.setup(ctx)
@@ -330,7 +283,7 @@ class LocalExecutor:
         for name in self.fuse:
             self._fuse(self._workers[name])
 
-    def _fuse(self, worker: _Worker) -> None:
+    def _fuse(self, worker: Worker) -> None:
         """Check that `worker` may run in its producer's thread and link the two (operator chaining)."""
         spec = worker.spec
         why = None
@@ -363,7 +316,7 @@ class LocalExecutor:
             if w.host is worker:
                 w.host = host
 
-    def _teardown(self, workers: list[_Worker]) -> None:
+    def _teardown(self, workers: list[Worker]) -> None:
         for worker in workers:
             try:
                 worker.node.teardown()
@@ -373,7 +326,7 @@ class LocalExecutor:
 
     # ------------------------------------------------------------------------------------- workers
 
-    def _source_period_ns(self, worker: _Worker) -> int:
+    def _source_period_ns(self, worker: Worker) -> int:
         rate = worker.spec.rate_hz
         if self.free_running or rate is None:
             return 0
@@ -392,7 +345,7 @@ class LocalExecutor:
                              f"second, 'native' or omitted (free-running); got {worker.spec.rate_hz!r}")
         return int(1e9 / rate)
 
-    def _run_source(self, worker: _Worker) -> None:
+    def _run_source(self, worker: Worker) -> None:
         m = worker.metrics
         m.t_start = now_ns()
         name = worker.spec.name
@@ -439,7 +392,7 @@ class LocalExecutor:
                     log.error("source %r failed while closing its frames(): %s", name, exc)
             self._finish_outputs(worker)
 
-    def _run_consumer(self, worker: _Worker) -> None:
+    def _run_consumer(self, worker: Worker) -> None:
         m = worker.metrics
         m.t_start = now_ns()
         try:
@@ -456,14 +409,14 @@ class LocalExecutor:
                 worker.inbox.close()
             self._finish_outputs(worker)
 
-    def _finish_outputs(self, worker: _Worker) -> None:
+    def _finish_outputs(self, worker: Worker) -> None:
         """The worker's thread ends: no more frames on its edges, nor on those of the nodes it runs."""
         while worker is not None:
             for edge in worker.outputs:
                 edge.finish()
             worker = worker.fused
 
-    def _consume(self, worker: _Worker) -> None:
+    def _consume(self, worker: Worker) -> None:
         inbox = worker.inbox
         m = worker.metrics
         queue_ns = m.queue_ns
@@ -496,7 +449,7 @@ class LocalExecutor:
             if not self._process(worker, frames, t):
                 return
 
-    def _process_one(self, worker: _Worker, frame: Frame, t0: int) -> bool:
+    def _process_one(self, worker: Worker, frame: Frame, t0: int) -> bool:
         """`_process` for a single CPU frame, with the bookkeeping done before the hand-off."""
         m = worker.metrics
         if m.t_first == 0:
@@ -526,7 +479,7 @@ class LocalExecutor:
             self._emit(worker, item, t1)
         return True
 
-    def _consume_joined(self, worker: _Worker) -> None:
+    def _consume_joined(self, worker: Worker) -> None:
         inbox, joiner = worker.inbox, worker.joiner
         m = worker.metrics
         max_batch = worker.spec.max_batch if worker.spec.role == "operator" else 1
@@ -551,7 +504,7 @@ class LocalExecutor:
             if frames and not self._process(worker, frames, t):
                 return
 
-    def _process(self, worker: _Worker, frames: list[Frame], t0: int) -> bool:
+    def _process(self, worker: Worker, frames: list[Frame], t0: int) -> bool:
         """Run the node on `frames` and emit its results; False when the worker must stop."""
         node, m = worker.node, worker.metrics
         if m.t_first == 0:
@@ -582,7 +535,7 @@ class LocalExecutor:
             self._emit(worker, frame, t1, event)
         return True
 
-    def _emit(self, worker: _Worker, frame: Frame, t_ns: int, event: Any = None) -> None:
+    def _emit(self, worker: Worker, frame: Frame, t_ns: int, event: Any = None) -> None:
         """Stamp the frame once and hand the same object to every consumer (no copies)."""
         stamped = Frame.trusted(frame.stream, frame.seq, frame.t_capture, frame.data, frame.meta,
                                 frame.trace + ((worker.name, t_ns),))
@@ -600,12 +553,12 @@ class LocalExecutor:
         for edge in worker.outputs:
             edge.put(stamped, t_ns, event)
 
-    def _prepare(self, worker: _Worker, frame: Frame, event: Any) -> Frame:
+    def _prepare(self, worker: Worker, frame: Frame, event: Any) -> Frame:
         return self._placement.prepare(frame, event, worker.device, worker.cuda_stream)
 
     # -------------------------------------------------------------------------------------- errors
 
-    def _on_error(self, worker: _Worker, frame: Frame | None, exc: BaseException, force_fatal: bool = False) -> bool:
+    def _on_error(self, worker: Worker, frame: Frame | None, exc: BaseException, force_fatal: bool = False) -> bool:
         """Count, log and record a failure; returns False if the node must stop (policy `stop`)."""
         fatal = force_fatal or worker.spec.on_error is ErrorPolicy.STOP
         record = self._record(worker, frame, exc, count=frame is not None)
@@ -632,7 +585,7 @@ class LocalExecutor:
         except Exception as hook_exc:  # the hook must never take the failing node down with it
             log.error("source %r failed in frame_failed(): %s", origin.spec.name, hook_exc)
 
-    def _record(self, worker: _Worker, frame: Frame | None, exc: BaseException, count: bool) -> ErrorRecord:
+    def _record(self, worker: Worker, frame: Frame | None, exc: BaseException, count: bool) -> ErrorRecord:
         stream, seq = (frame.stream, frame.seq) if frame is not None else (None, None)
         record = ErrorRecord(worker.spec.name, stream, seq, type(exc).__name__, str(exc),
                              "".join(traceback.format_exception(exc)))
