@@ -32,7 +32,9 @@ from torch import Tensor, nn
 
 from operators.base import ContinualModule
 from operators.convert import register_conversion
-from operators.delay import RingState, advance, ring_buffer_for, ring_init, ring_read, ring_write
+from operators.delay import (
+    RingState, advance, ring_buffer_for, ring_hint, ring_init, ring_read, ring_write, ring_write_at,
+)
 
 ConvState = RingState
 
@@ -99,29 +101,33 @@ def conv_step(
     if kernel == 1:  # no history: the step is the spatial conv of this frame
         emit, count = advance(state.count, delay, stride, delay)
         y = spatial_conv(x, stacked_weight, bias) if emit else None
-        return y, ConvState(state.buffer, state.pos, count)
+        return y, ConvState(state.buffer, state.pos, count, state.at)
     rotate = rotated_weight is not None and (x.shape[0] == 1 or rotated_weight[0].numel() <= x[0].numel() * kernel)
     buffer = state.buffer
     if buffer is None and taps_linear and not rotate and ring_weight is None:
         buffer = _taps_inner_ring(x, length)
     buffer = ring_buffer_for(buffer, x, length, "continual conv", channels_last=ring_weight is not None)
-    ring_write(buffer, state.pos, x)
+    at = ring_hint(state.at, buffer)
+    if at is not None:  # every stream at the same slot: slice copy, and `at` is the oldest slot after it
+        at = ring_write_at(buffer, state.pos, at, x)
+    else:
+        ring_write(buffer, state.pos, x)
     emit, count = advance(state.count, delay, stride, delay)
     y = None
     if emit:
         if ring_weight is not None and ring_conv is not None:
-            y = _conv_ring_clip(buffer, state.pos, ring_weight, bias, ring_conv, groups)
+            y = _conv_ring_clip(buffer, state.pos, at, ring_weight, bias, ring_conv, groups)
         elif rotate:
             # one stream, or per-stream weights smaller than a stream's frames: rotate the weight;
             # otherwise (e.g. ST-GCN's 9-tap conv on 25 joints) gathering the frames copies less
-            y = _conv_ring_in_place(buffer, state.pos, rotated_weight, bias, spatial_conv)
+            y = _conv_ring_in_place(buffer, state.pos, at, rotated_weight, bias, spatial_conv)
         elif taps_linear:
-            y = _gather_linear(buffer, state.pos, stacked_weight, bias, kernel, dilation)
+            y = _gather_linear(buffer, state.pos, at, stacked_weight, rotated_weight, bias, kernel, dilation)
         else:
             offsets = torch.arange(0, kernel * dilation, dilation, device=x.device)
             taps = ring_read(buffer, state.pos, offsets)
             y = spatial_conv(gather_taps(taps, groups), stacked_weight, bias)
-    return y, ConvState(buffer, state.pos, count)
+    return y, ConvState(buffer, state.pos, count, at)
 
 
 def _taps_inner_ring(x: Tensor, length: int) -> Tensor:
@@ -132,18 +138,24 @@ def _taps_inner_ring(x: Tensor, length: int) -> Tensor:
     return physical.permute((0, nd + 1, nd + 2) + tuple(range(1, nd + 1)))
 
 
-def _gather_linear(buffer: Tensor, pos: Tensor, stacked_weight: Tensor, bias: Optional[Tensor],
-                   kernel: int, dilation: int) -> Tensor:
+def _gather_linear(buffer: Tensor, pos: Tensor, at: Optional[int], stacked_weight: Tensor,
+                   rotated: Optional[Tensor], bias: Optional[Tensor], kernel: int, dilation: int) -> Tensor:
     """The taps of a 1x1-spatial conv as ONE gather into (B*S, k*C) rows and ONE matrix product.
 
     The ring is read as (B, *S, L, C) (a view; contiguous when allocated by `_taps_inner_ring`), so the
     gathered taps are already in the stacked weight's (tap, channel) order: no second copy. Any
-    buffer layout gives the same values. Returns (B, O, *S), channels-last in memory.
+    buffer layout gives the same values. With the host position `at` (the oldest slot) and the
+    rotated weights (dilation 1), the rows of the whole ring are multiplied in place by the weight
+    rotated to `at`: no gather at all. Returns (B, O, *S), channels-last in memory.
     """
     batch, length, channels = buffer.shape[:3]
     spatial = tuple(buffer.shape[3:])
     nd = len(spatial)
     rows = buffer.permute((0,) + tuple(range(3, 3 + nd)) + (1, 2))  # (B, *S, L, C)
+    out_ch = stacked_weight.shape[0]
+    if at is not None and rotated is not None and length == kernel and rows.is_contiguous():
+        y = F.linear(rows.view(-1, length * channels), rotated[at].view(out_ch, length * channels), bias)
+        return y.view((batch,) + spatial + (out_ch,)).movedim(-1, 1)
     offsets = torch.arange(0, kernel * dilation, dilation, device=pos.device)
     slots = (pos.unsqueeze(1) + offsets).remainder_(length)  # (B, k), oldest tap first
     if rows.is_contiguous():  # one row copy per (stream, pixel, tap) from the flat (B*S*L, C) view
@@ -154,7 +166,6 @@ def _gather_linear(buffer: Tensor, pos: Tensor, stacked_weight: Tensor, bias: Op
     else:  # any other layout (e.g. after stacking states): an element gather, same values
         index = slots.view((batch,) + (1,) * nd + (kernel, 1)).expand((batch,) + spatial + (kernel, channels))
         taps = torch.gather(rows, nd + 1, index)  # (B, *S, k, C), contiguous
-    out_ch = stacked_weight.shape[0]
     y = F.linear(taps.view(-1, kernel * channels), stacked_weight.view(out_ch, kernel * channels), bias)
     return y.view((batch,) + spatial + (out_ch,)).movedim(-1, 1)
 
@@ -193,10 +204,12 @@ def _pointwise_conv(frames: Tensor, weight: Tensor, bias: Optional[Tensor], stri
     return y.view((batch, out_ch) + tuple(frames.shape[2:]))
 
 
-def _conv_ring_in_place(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional[Tensor],
-                        spatial_conv: Callable[..., Tensor]) -> Tensor:
+def _conv_ring_in_place(buffer: Tensor, pos: Tensor, at: Optional[int], rotated: Tensor,
+                        bias: Optional[Tensor], spatial_conv: Callable[..., Tensor]) -> Tensor:
     batch = buffer.shape[0]
     frames = buffer.reshape((batch, -1) + tuple(buffer.shape[3:]))  # (B, k*C, *S): a view in the default layout
+    if at is not None:  # every stream at the oldest slot `at`: one weight for the whole batch
+        return spatial_conv(frames, rotated[at], bias)
     weight = rotated.index_select(0, pos)  # (B, O, k*C, *K): each stream's rotation, on the device
     if batch == 1:
         return spatial_conv(frames, weight[0], bias)
@@ -211,15 +224,18 @@ def rotate_ring_weight(weight: Tensor) -> Tensor:
     return torch.stack([torch.roll(weight, shifts=q, dims=2) for q in range(weight.shape[2])], 0)
 
 
-def _conv_ring_clip(buffer: Tensor, pos: Tensor, rotated: Tensor, bias: Optional[Tensor],
+def _conv_ring_clip(buffer: Tensor, pos: Tensor, at: Optional[int], rotated: Tensor, bias: Optional[Tensor],
                     ring_conv: Callable[..., Tensor], groups: int) -> Tensor:
     """One full-dimensional conv of the ring (B, C, L, *S) with each stream's rotated weight.
 
     Several streams are convolved one by one (a static loop over B, no host read-back): each keeps
-    the channels-last layout, which merging the streams into conv groups would lose.
+    the channels-last layout, which merging the streams into conv groups would lose. With the host
+    position `at` every stream shares the weight rotated to it: one conv of the batch.
     """
     batch = buffer.shape[0]
     clip = buffer.transpose(1, 2)  # (B, C, L, *S): channels-last when allocated by this conv
+    if at is not None:
+        return ring_conv(clip, rotated[at], bias, groups).squeeze(2)
     weight = rotated.index_select(0, pos)  # (B, O, C/g, L, *K), on the device
     if batch == 1:
         return ring_conv(clip, weight[0], bias, groups).squeeze(2)
@@ -234,7 +250,20 @@ def _temporal_depthwise_sum(clip: Tensor, weight: Tensor, bias: Optional[Tensor]
     """
     channels, length = weight.shape[0], weight.shape[2]
     taps = weight.reshape(channels, length)
-    shape = (channels,) + (1,) * (clip.dim() - 3)
+    nd = clip.dim() - 3
+    frames = clip.permute((0, 2) + tuple(range(3, 3 + nd)) + (1,))  # (B, L, *S, C)
+    if frames.is_contiguous():
+        # the ring's own memory order: each frame is one contiguous block, the taps a (C,) vector
+        # broadcast along it (torch's kernels are several times faster here than on the strided
+        # (B, C, *S) view); the same multiply-adds, so the same values
+        taps = taps.t().contiguous()  # (L, C): each tap a contiguous (C,) vector
+        y = frames[:, 0] * taps[0]
+        for j in range(1, length):
+            y.addcmul_(frames[:, j], taps[j])
+        if bias is not None:
+            y.add_(bias)
+        return y.movedim(-1, 1)
+    shape = (channels,) + (1,) * nd
     y = clip[:, :, 0] * taps[:, 0].view(shape)
     for j in range(1, length):
         y.addcmul_(clip[:, :, j], taps[:, j].view(shape))
@@ -424,7 +453,7 @@ class _ConvNd(ContinualModule):
         return conv(frames, weight, bias, stride, padding, dilation, groups)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> ConvState:
-        return ConvState(None, ring_init(batch_size, device), 0)
+        return ConvState(None, ring_init(batch_size, device), 0, 0)
 
     def step_affine(self, x: Tensor, state: ConvState, norm: Optional[nn.Module]) -> tuple[Optional[Tensor], ConvState]:
         """`step` followed by an eval-mode BatchNorm `norm`, folded into cached weights.

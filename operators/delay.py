@@ -4,6 +4,11 @@ A ring buffer keeps the last L input steps of each stream in a preallocated tens
 written in place; the write position is a per-stream LongTensor (B,) so that streams at different
 positions stack, and every read/write is an index op on the (B*L, C, ...) view: no roll, no
 reallocation, no host read-back. Step counters are host ints that saturate after the warm-up.
+
+`RingState.at` is the host-side hint of the position (see operators/state.py): while every stream of
+the batch is at the same slot, a step writes with one slice copy and reads slices, with no index
+tensors (`ring_hint` says when it may be used; `ring_write_at` keeps the tensor in step). While a
+CUDA graph is being captured the hint is ignored and dropped, so a graph never bakes in a position.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor
 
 from operators.base import ContinualModule
+from operators.state import position_hint
 
 
 @dataclass
@@ -23,11 +29,37 @@ class RingState:
     buffer: (B, L, C, ...) or None before the first step (None means all zeros: the stream-start padding).
     pos: (B,) long, the slot the next step is written to.
     count: saturating host step counter (exact during the warm-up, then cycles through the stride phase).
+    at: host-side hint, the slot every stream writes next (equal to each entry of `pos`), or None when
+        the streams' positions differ or are not known on the host.
     """
 
     buffer: Optional[Tensor]
     pos: Tensor
     count: int
+    at: Optional[int] = position_hint("pos")
+
+
+def graph_capturing(like: Tensor) -> bool:
+    """Whether `like` is a CUDA tensor and a CUDA graph is being captured on the current stream."""
+    return like.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def ring_hint(at: Optional[int], like: Tensor) -> Optional[int]:
+    """The usable host position: `at`, except while a CUDA graph is being captured (None then: a
+    graph must not bake in a position; the step takes the tensor path and returns no hint, so the
+    state recorded at capture, which every replay continues from, holds none either)."""
+    if at is not None and graph_capturing(like):
+        return None
+    return at
+
+
+def ring_write_at(buffer: Tensor, pos: Tensor, at: int, x: Tensor) -> int:
+    """Write step `x` (B, C, ...) into slot `at` of every stream (one slice copy, any layout), keep the
+    position tensor `pos` in step, and return the next slot."""
+    buffer.select(1, at).copy_(x)
+    nxt = at + 1 if at + 1 < buffer.shape[1] else 0
+    pos.fill_(nxt)
+    return nxt
 
 
 def ring_init(batch_size: int, device: torch.device | str | None = None) -> Tensor:
@@ -106,22 +138,34 @@ def advance(count: int, delay: int, stride: int, settle: int) -> tuple[bool, int
     return emit, nxt
 
 
-def delay_step(x: Tensor, state: RingState, delay: int, lag: int) -> tuple[Optional[Tensor], RingState]:
-    """Pure step of `Delay`: write x, return the frame `lag` steps old once `delay` steps were seen."""
+def delay_step(x: Tensor, state: RingState, delay: int, lag: int,
+               copy: bool = True) -> tuple[Optional[Tensor], RingState]:
+    """Pure step of `Delay`: write x, return the frame `lag` steps old once `delay` steps were seen.
+
+    With `copy=False` and a position hint the output may be a view of the ring, valid until the next
+    step of this state (for callers that consume it at once, e.g. a residual sum).
+    """
     length = lag + 1
     buffer = ring_buffer_for(state.buffer, x, length, "Delay", channels_last=None)
-    ring_write(buffer, state.pos, x)
+    at = ring_hint(state.at, buffer)
+    if at is not None:
+        at = ring_write_at(buffer, state.pos, at, x)
+    else:
+        ring_write(buffer, state.pos, x)
     emit, count = advance(state.count, delay, 1, delay)
     y = None
     if emit:
         if lag == 0:
             y = x
+        elif at is not None:  # the oldest slot is the next write slot
+            y = buffer.select(1, at)
+            y = y.clone() if copy else y
         elif lag == length - 1 and buffer.shape[0] == 1:
             y = buffer.index_select(1, state.pos).squeeze(1)  # the oldest slot is the next write slot
         else:
             offsets = torch.zeros(1, dtype=torch.long, device=x.device)
             y = ring_read(buffer, state.pos, offsets)[:, 0]
-    return y, RingState(buffer, state.pos, count)
+    return y, RingState(buffer, state.pos, count, at)
 
 
 class Delay(ContinualModule):
@@ -164,10 +208,14 @@ class Delay(ContinualModule):
         return x[:, :, self.crop_start : x.shape[2] - self.crop_end]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> RingState:
-        return RingState(None, ring_init(batch_size, device), 0)
+        return RingState(None, ring_init(batch_size, device), 0, 0)
 
     def step(self, x: Tensor, state: RingState) -> tuple[Optional[Tensor], RingState]:
         return delay_step(x, state, self._delay, self._delay - self.crop_start)
+
+    def step_view(self, x: Tensor, state: RingState) -> tuple[Optional[Tensor], RingState]:
+        """`step` whose output may be a view of the ring, valid until this state's next step."""
+        return delay_step(x, state, self._delay, self._delay - self.crop_start, copy=False)
 
     def zero_frame_like(self, state: RingState) -> Optional[Tensor]:
         return None if state.buffer is None else torch.zeros_like(state.buffer[:, 0])

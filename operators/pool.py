@@ -18,8 +18,7 @@ from torch.nn.modules.utils import _ntuple
 
 from operators.base import ContinualModule
 from operators.convert import register_conversion
-from operators.delay import RingState, advance, ring_buffer_for, ring_init, ring_read, ring_write
-
+from operators.delay import RingState, advance, ring_buffer_for, ring_hint, ring_init, ring_read, ring_write, ring_write_at
 
 
 @dataclass
@@ -27,6 +26,16 @@ class PoolState(RingState):
     """A ring of spatially pooled steps, plus the (unpooled) step shape for the end padding."""
 
     frame_shape: Optional[tuple] = None
+
+
+def _ring_write(buffer: Tensor, state: RingState, x: Tensor) -> Optional[int]:
+    """Write `x` into the ring, by slice when the host position is usable; the next host position."""
+    at = ring_hint(state.at, buffer)
+    if at is None:
+        ring_write(buffer, state.pos, x)
+        return None
+    return ring_write_at(buffer, state.pos, at, x)
+
 
 _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
@@ -53,7 +62,7 @@ def pool_step(
     pooled = spatial_pool(x)
     length = (kernel - 1) * dilation + 1
     buffer = ring_buffer_for(state.buffer, pooled, length, "continual pool")
-    ring_write(buffer, state.pos, pooled)
+    at = _ring_write(buffer, state, pooled)
     # max pooling must know the stream-start padding taps until the window is full
     emit, count = advance(state.count, delay, stride, length - 1 if mode == "max" else delay)
     y = None
@@ -62,10 +71,14 @@ def pool_step(
         first = 0
         if mode == "max" and state.count < length - 1:  # taps before frame 0 are -inf padding
             first = -(-(length - 1 - state.count) // dilation)
-        offsets = torch.arange(first, kernel, device=x.device) * dilation
-        taps = ring_read(buffer, state.pos, offsets)
-        y = taps.amax(1) if mode == "max" else taps.sum(1) / divisor
-    return y, PoolState(buffer, state.pos, count, frame_shape)
+        if first == 0 and dilation == 1:
+            # the taps are the whole ring: reduce it in slot order (max and sum need no gather)
+            y = buffer.amax(1) if mode == "max" else buffer.sum(1) / divisor
+        else:
+            offsets = torch.arange(first, kernel, device=x.device) * dilation
+            taps = ring_read(buffer, state.pos, offsets)
+            y = taps.amax(1) if mode == "max" else taps.sum(1) / divisor
+    return y, PoolState(buffer, state.pos, count, at, frame_shape)
 
 
 class _PoolNd(ContinualModule):
@@ -128,7 +141,7 @@ class _PoolNd(ContinualModule):
         return f"kernel_size={self.kernel_size}, stride={self._nd_stride}, padding={self._nd_padding}, ceil_mode={self.ceil_mode}"
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> PoolState:
-        return PoolState(None, ring_init(batch_size, device), 0)
+        return PoolState(None, ring_init(batch_size, device), 0, 0)
 
     def zero_frame_like(self, state: PoolState) -> Optional[Tensor]:
         if state.buffer is None or state.frame_shape is None:
@@ -240,10 +253,10 @@ def window_mean_step(x: Tensor, state: PoolState, *, spatial_pool, window: int) 
     pooled frames) rather than kept as a running sum, so it never drifts over long streams."""
     pooled = spatial_pool(x)
     buffer = ring_buffer_for(state.buffer, pooled, window, "continual adaptive pool")
-    ring_write(buffer, state.pos, pooled)
+    at = _ring_write(buffer, state, pooled)
     emit, count = advance(state.count, window - 1, 1, window - 1)
     y = buffer.sum(1) / window if emit else None
-    return y, PoolState(buffer, state.pos, count)
+    return y, PoolState(buffer, state.pos, count, at)
 
 
 class _AdaptiveAvgPoolNd(ContinualModule):
@@ -281,7 +294,7 @@ class _AdaptiveAvgPoolNd(ContinualModule):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> PoolState:
         _ = self.receptive_field  # raises a clear error when no window is set
-        return PoolState(None, ring_init(batch_size, device), 0)
+        return PoolState(None, ring_init(batch_size, device), 0, 0)
 
     def _spatial(self, x: Tensor) -> Tensor:
         if self._nd == 1:

@@ -8,6 +8,16 @@ Contract for every operator state (see docs/operators.md):
   so two streams in the same phase have equal counters and can be stacked;
 - ring-buffer write positions are tensors (per sample, shape (B,)) so that streams at different
   positions stack freely and a step never needs a host value;
+- a state may add a host-side *position hint* next to such a tensor (a field declared with
+  `position_hint("pos")`): the common write position when every stream of the batch is at the same
+  one, None when they differ or are unknown. The tensor stays authoritative and is always kept up to
+  date; with the hint a step can slice the ring instead of indexing it per stream (fewer, cheaper
+  calls on a batch of one). `stack_states` keeps the hint when all streams share it and sets None
+  otherwise, `reset_streams` sets None, `state_phase` ignores it (it never blocks stacking),
+  select/split/clone/save/restore keep it (a missing hint in a saved state loads as None), and
+  select/split restore it from CPU position tensors where the selected streams agree. While a
+  CUDA graph is being captured a step ignores the hint and returns None in its place, so a graph
+  never bakes in a position; `drop_position_hints` forces the tensor path by hand;
 - a tensor field may be None in a fresh state when its shape is only known from the first frame
   (ring buffers); None then means "all zeros", so stacking a fresh state with a stepped one
   materialises zeros of the stepped one's shape.
@@ -20,6 +30,45 @@ from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
+
+
+_HINT_KEY = "costream_position_hint"
+
+
+def position_hint(tensor_field: str, default: int | None = None) -> Any:
+    """A dataclass field holding the host-side hint of the position tensor `tensor_field` (see above)."""
+    return dataclasses.field(default=default, metadata={_HINT_KEY: tensor_field})
+
+
+def is_position_hint(field: dataclasses.Field) -> bool:
+    """Whether a dataclass field was declared with `position_hint`."""
+    return _HINT_KEY in field.metadata
+
+
+def drop_position_hints(state: Any) -> Any:
+    """The state with every position hint set to None (shares the tensors): steps take the tensor path."""
+    if isinstance(state, (tuple, list)):
+        return type(state)(drop_position_hints(s) for s in state)
+    if _is_state(state):
+        changes = {f.name: None if is_position_hint(f) else drop_position_hints(getattr(state, f.name))
+                   for f in dataclasses.fields(state)}
+        return dataclasses.replace(state, **changes)
+    return state
+
+
+def position_hints(state: Any) -> list[tuple[int | None, Tensor]]:
+    """(hint, position tensor) of every hinted field in a state, depth first (for checks and tests)."""
+    out: list[tuple[int | None, Tensor]] = []
+    if isinstance(state, (tuple, list)):
+        for s in state:
+            out += position_hints(s)
+    elif _is_state(state):
+        for f in dataclasses.fields(state):
+            if is_position_hint(f):
+                out.append((getattr(state, f.name), getattr(state, f.metadata[_HINT_KEY])))
+            else:
+                out += position_hints(getattr(state, f.name))
+    return out
 
 
 def _is_state(obj: Any) -> bool:
@@ -93,6 +142,10 @@ def _stack(items: list[Any], path: str) -> Any:
         fields = {}
         for f in dataclasses.fields(first):
             values = [getattr(it, f.name) for it in items]
+            if is_position_hint(f):  # kept only when every stream is at the same position
+                first_hint = values[0]
+                fields[f.name] = first_hint if all(v is not None and v == first_hint for v in values) else None
+                continue
             if any(v is None for v in values) and any(isinstance(v, Tensor) for v in values):
                 values = _zeros_for_missing(items, values, f"{path}.{f.name}")
             fields[f.name] = _stack(values, f"{path}.{f.name}")
@@ -115,9 +168,34 @@ def _zeros_for_missing(items: list[Any], values: list[Any], path: str) -> list[A
 
 
 def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
-    """The state of the batch members at `index` (a new batch, tensors copied)."""
+    """The state of the batch members at `index` (a new batch, tensors copied).
+
+    A position hint missing from `state` (its streams were at different positions) is restored
+    where the selected streams share a position held in host memory (CPU tensors; reading a device
+    tensor would synchronise it), so a stream split off a mixed batch steps on the fast path again.
+    """
     idx = torch.as_tensor(index, dtype=torch.long)
-    return _map_fields(state, lambda t: t.index_select(0, idx.to(t.device)))
+    out = _map_fields(state, lambda t: t.index_select(0, idx.to(t.device)))
+    _restore_hints(out)
+    return out
+
+
+def _restore_hints(state: Any) -> None:
+    """Set missing hints (in place, on a fresh copy) from CPU position tensors whose entries agree."""
+    if isinstance(state, (tuple, list)):
+        for s in state:
+            _restore_hints(s)
+    elif _is_state(state):
+        for f in dataclasses.fields(state):
+            value = getattr(state, f.name)
+            if not is_position_hint(f):
+                _restore_hints(value)
+                continue
+            pos = getattr(state, f.metadata[_HINT_KEY])
+            if value is None and isinstance(pos, Tensor) and pos.device.type == "cpu" and pos.numel() > 0:
+                positions = set(pos.tolist())
+                if len(positions) == 1:
+                    object.__setattr__(state, f.name, positions.pop())
 
 
 def split_state(state: Any) -> list[Any]:
@@ -140,7 +218,8 @@ def state_phase(state: Any) -> tuple:
                 walk(item)
         elif _is_state(s):
             for f in dataclasses.fields(s):
-                walk(getattr(s, f.name))
+                if not is_position_hint(f):
+                    walk(getattr(s, f.name))
 
     walk(state)
     return tuple(out)
@@ -185,6 +264,8 @@ def state_from_dict(template: Any, data: Any, path: str = "state") -> Any:
         return type(template)(state_from_dict(t, d, f"{path}[{i}]") for i, (t, d) in enumerate(zip(template, data)))
     if _is_state(template):
         names = [f.name for f in dataclasses.fields(template)]
+        hints = {f.name for f in dataclasses.fields(template) if is_position_hint(f)}
+        data = {**{n: None for n in hints}, **data}  # saved before hints existed: the tensor path
         missing = [n for n in names if n not in data]
         if missing:
             raise ValueError(f"{path}: saved state lacks fields {missing}; was it saved from another module?")
@@ -207,7 +288,8 @@ def reset_streams(state: Any, index: Sequence[int], fresh: Any = None) -> Any:
     """Restart the streams at `index` in place: their history is replaced by a fresh state's.
 
     `fresh` is `module.init_state(len(index), ...)` (tensor fields of the fresh state are copied in;
-    fields it leaves unset, i.e. lazily allocated ring buffers, are zeroed). Host counters are shared
+    fields it leaves unset, i.e. lazily allocated ring buffers, are zeroed; position hints become
+    None, since the restarted streams' positions now differ from the others'). Host counters are shared
     by the batch and stay as they are: the reset streams' next `delay` outputs are warm-up values
     computed on the stream-start zero padding (ignore them), and with a temporal stride their output
     grid follows the batch's phase. For an exact restart, split the stream off and give it
@@ -230,4 +312,7 @@ def _reset(state: Any, fresh: Any, idx: Tensor, path: str) -> None:
             _reset(s, None if fresh is None else fresh[i], idx, f"{path}[{i}]")
     elif _is_state(state):
         for f in dataclasses.fields(state):
+            if is_position_hint(f):
+                object.__setattr__(state, f.name, None)
+                continue
             _reset(getattr(state, f.name), None if fresh is None else getattr(fresh, f.name), idx, f"{path}.{f.name}")

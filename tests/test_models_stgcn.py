@@ -418,3 +418,33 @@ def test_corrupt_skeleton_file_through_the_pipeline_gives_a_clear_error(tmp_path
     message = str(info.value)  # names the node, the file and line, and what is wrong
     assert "node 'skeletons'" in message and "truncated" in message
     assert re.search(r"broken\.skeleton:\d+:", message)
+
+
+@pytest.mark.parametrize("variant", ["costgcn", "costgcn_star"])
+def test_costgcn_folded_block_step_equals_the_generic_step(variant: str) -> None:
+    """Without autograd a block folds tcn's first BatchNorm into the graph conv and reuses the cached
+    A * edge_importance; with autograd on (weights frozen) the generic per-layer step runs. Both agree,
+    also after the weights change (the caches follow the tensors' versions)."""
+    _, co = _pair(variant, window=82 if variant == "costgcn_star" else 8, base_channels=16)
+    co.requires_grad_(False)
+    clip = torch.randn(1, 3, 92, 25, 2, generator=torch.Generator().manual_seed(5))
+
+    def run(grad: bool) -> list:
+        state, outs = co.init_state(1), []
+        with torch.set_grad_enabled(grad):
+            for t in range(clip.shape[2]):
+                y, state = co.step(clip[:, :, t], state)
+                outs.append(y)
+        return outs
+
+    for _ in range(2):
+        fast, generic = run(False), run(True)
+        assert [y is None for y in fast] == [y is None for y in generic]
+        assert sum(y is not None for y in fast) > 0
+        for a, b in zip(fast, generic):
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        with torch.no_grad():  # new statistics and importances: the folded caches must follow
+            co.st_gcn_networks[3].tcn[0].running_var.mul_(2.0)
+            co.st_gcn_networks[5].gcn.conv.weight.mul_(-1.0)
+            co.edge_importance[2].mul_(1.5)

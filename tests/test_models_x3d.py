@@ -20,6 +20,8 @@ from operators.models.x3d import X3D, X3DConfig
 
 SIDE = 32
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Random weights and BatchNorm statistics, scaled so that activations neither vanish nor explode."""
@@ -365,3 +367,103 @@ def test_missing_or_corrupt_video_file_stops_the_pipeline_clearly(tmp_path: Path
     with pytest.raises(PipelineStartError, match=r"node 'cam'.*(not found|corrupt)") as info:
         LocalExecutor(spec, free_running=True).run()
     assert str(video) in str(info.value) or video.name in str(info.value)
+
+
+# Fast paths: the settled per-block step and host ring positions ------------------------------------
+def test_cox3d_settled_block_step_equals_the_generic_step(streams: Streams, monkeypatch):
+    """Past the warm-up, with host ring positions and no autograd, a residual block runs as one fused
+    step; it must equal the generic per-layer step (forced here by dropping the position hints)."""
+    from operators.models.cox3d import CoResBlock
+    from operators.state import drop_position_hints
+
+    calls = []
+    settled = CoResBlock._settled_step
+
+    def counting(self, x, state, weights):
+        out = settled(self, x, state, weights)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(CoResBlock, "_settled_step", counting)
+    co, x = streams.co, streams.clips["cam/a"]
+    with torch.no_grad():
+        fused, generic = co.init_state(1), drop_position_hints(co.init_state(1))
+        for t in range(streams.n):
+            before = sum(calls)
+            y_fused, fused = co.step(x[:, :, t], fused)
+            used = sum(calls) - before
+            y_generic, generic = co.step(x[:, :, t], generic)
+            if y_fused is None:
+                assert y_generic is None
+            else:
+                torch.testing.assert_close(y_fused, y_generic, atol=1e-6, rtol=1e-5)
+                torch.testing.assert_close(y_fused, streams.alone["cam/a"][t], atol=0, rtol=0)
+    assert used == 26  # every block took the fused step on the last frame
+
+
+def test_cox3d_streams_at_different_ring_positions_stack():
+    """Past the warm-up the counters saturate, so streams that saw different numbers of frames stack;
+    their ring positions differ (no common host position): the batch steps on the tensor path."""
+    from operators.state import clone_state, split_state, stack_states
+
+    co, _ = _pair(window=1)
+    a, b = clip(co.delay + 4, seed=41), clip(co.delay + 5, seed=42)
+    with torch.no_grad():
+        states = []
+        for x in (a, b):
+            state = co.init_state(1)
+            for t in range(x.shape[2] - 1):
+                _, state = co.step(x[:, :, t], state)
+            states.append(state)
+        stacked = stack_states([clone_state(s) for s in states])
+        y, stacked = co.step(torch.cat([a[:, :, -1], b[:, :, -1]]), stacked)
+        ya, _ = co.step(a[:, :, -1], states[0])
+        yb, _ = co.step(b[:, :, -1], states[1])
+    torch.testing.assert_close(y, torch.cat([ya, yb]), atol=1e-5, rtol=1e-4)
+    assert len(split_state(stacked)) == 2
+
+
+@pytest.mark.parametrize("project", [False, True])
+def test_cox3d_settled_block_follows_weight_changes(project: bool):
+    """One residual block (with and without the projection shortcut): the fused settled step equals
+    the generic step, and its cached folded weights follow in-place edits and load_state_dict."""
+    from operators.models.cox3d import CoResBlock
+    from operators.models.x3d import ResBlock
+    from operators.state import drop_position_hints
+
+    torch.manual_seed(3)
+    block = CoResBlock(ResBlock(8 if project else 16, 24, 16, stride=2 if project else 1, se_reduced=8,
+                                se_per_frame=True))
+    randomize(block, seed=4)
+    frames = torch.randn(12, 1, 8 if project else 16, 6, 6, generator=torch.Generator().manual_seed(5))
+    frames = [x.contiguous(memory_format=torch.channels_last) for x in frames]  # as the stem emits them
+
+    def run() -> list:
+        fused, generic, pairs = block.init_state(1), drop_position_hints(block.init_state(1)), []
+        with torch.no_grad():
+            for x in frames:
+                y_f, fused = block.step(x, fused)
+                y_g, generic = block.step(x, generic)
+                pairs.append((y_f, y_g))
+        return pairs
+
+    for edit in range(2):
+        pairs = run()
+        assert sum(y is not None for y, _ in pairs) == len(frames) - block.delay
+        for y_f, y_g in pairs:
+            if y_f is not None:
+                torch.testing.assert_close(y_f, y_g, atol=1e-6, rtol=1e-5)
+        assert block.__dict__.get("_fast_cache") is not None  # the fused step ran
+        with torch.no_grad():
+            if edit == 0:
+                block.branch2.norm_b[0].running_var.mul_(3.0)
+                block.branch2.conv_c.weight.mul_(-0.5)
+            else:
+                other = randomize(CoResBlock(ResBlock(8 if project else 16, 24, 16, stride=2 if project else 1,
+                                                      se_reduced=8, se_per_frame=True)), seed=9 + edit)
+                block.load_state_dict(other.state_dict())
+        fresh = run()
+        for (y_old, _), (y_new, y_gen) in zip(pairs, fresh):
+            if y_new is not None:
+                torch.testing.assert_close(y_new, y_gen, atol=1e-6, rtol=1e-5)
+                assert not torch.allclose(y_new, y_old)  # the edit changed the outputs

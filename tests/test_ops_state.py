@@ -5,9 +5,13 @@ import io
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
 
 import operators as O
 from op_registry import CASES
+from operators.state import drop_position_hints, position_hints
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -152,3 +156,133 @@ def test_drop_streams_keeps_the_others():
     y_all, _ = co.step(clip[:, :, 0], state)
     y_kept, _ = co.step(clip[[0, 2], :, 0], kept)
     torch.testing.assert_close(y_kept, y_all[[0, 2]], **TOL)
+
+
+# Host-side ring positions (position hints) ---------------------------------------------------------
+def _hints_match_tensors(state) -> bool:
+    return all(hint is None or bool((pos == hint).all()) for hint, pos in position_hints(state))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_position_hint_and_tensor_path_agree(case):
+    _, co, shape = case.make()
+    clip = _clip(shape, seed=3)
+    hinted = co.init_state(shape[0])
+    plain = drop_position_hints(co.init_state(shape[0]))
+    with torch.no_grad():
+        for t in range(shape[2]):
+            y_h, hinted = co.step(clip[:, :, t], hinted)
+            y_p, plain = co.step(clip[:, :, t], plain)
+            assert (y_h is None) == (y_p is None)
+            if y_h is not None:
+                for a, b in zip(y_h if isinstance(y_h, tuple) else (y_h,), y_p if isinstance(y_p, tuple) else (y_p,)):
+                    torch.testing.assert_close(a, b, **TOL)
+            assert _hints_match_tensors(hinted)  # the tensor is kept in step on the hint path
+            assert all(hint is None for hint, _ in position_hints(plain))  # no hint is made up
+    assert position_hints(hinted) == [] or any(h is not None for h, _ in position_hints(hinted))
+
+
+def _conv_streams(lengths, seed=0):
+    """States of a delay-0 conv (temporal padding k-1) after `lengths` frames each: equal phases,
+    ring positions length mod 3."""
+    co = O.Conv3d(2, 3, 3, padding=(2, 1, 1)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    states, clips = [], []
+    with torch.no_grad():
+        for n in lengths:
+            clip = torch.randn(1, 2, n, 4, 4, generator=gen)
+            state = co.init_state(1)
+            for t in range(n):
+                _, state = co.step(clip[:, :, t], state)
+            states.append(state)
+            clips.append(clip)
+    return co, states
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=4))
+def test_stacking_keeps_a_common_position_and_drops_differing_ones(lengths):
+    co, states = _conv_streams(lengths)
+    stacked = O.stack_states([O.clone_state(s) for s in states])
+    positions = {n % 3 for n in lengths}
+    expected = positions.pop() if len(positions) == 1 else None
+    assert stacked.at == expected
+    assert O.state_phase(stacked) == O.state_phase(states[0])  # the hint never blocks stacking
+    x = torch.randn(len(lengths), 2, 4, 4, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        y, after = co.step(x, stacked)
+        for i, s in enumerate(states):
+            alone, _ = co.step(x[i : i + 1], O.clone_state(s))
+            torch.testing.assert_close(y[i : i + 1], alone, **TOL)
+    assert _hints_match_tensors(after)
+    for part in O.split_state(after):  # a stream split off (CPU) has its position as the hint again
+        assert part.at == int(part.pos)
+
+
+def test_reset_streams_drops_hints_and_old_saves_load_without_them():
+    co, states = _conv_streams([4, 4, 4])
+    stacked = O.stack_states(states)
+    assert stacked.at == 1
+    saved = O.state_to_dict(stacked)
+    del saved["at"]  # a state saved before hints existed
+    restored = O.state_from_dict(co.init_state(3), saved)
+    assert restored.at is None and torch.equal(restored.pos, stacked.pos)
+    O.reset_streams(stacked, [1], co.init_state(1))
+    assert stacked.at is None and stacked.pos.tolist() == [1, 0, 1]
+    x = torch.randn(3, 2, 4, 4)
+    with torch.no_grad():
+        y, _ = co.step(x, stacked)
+        y_restored, _ = co.step(x, restored)
+    torch.testing.assert_close(y[[0, 2]], y_restored[[0, 2]], rtol=0, atol=0)
+
+
+def _hinted_net():
+    torch.manual_seed(0)
+    return O.Sequential(
+        O.Conv3d(2, 4, 3, padding=1), nn.BatchNorm3d(4), O.ReLU(),
+        O.Conv3d(4, 4, 3, padding=1, groups=4), O.Residual(O.Conv3d(4, 4, (3, 1, 1), padding=(1, 0, 0))),
+        O.MaxPool3d((2, 1, 1), stride=1), O.AvgPool3d((3, 1, 1), stride=1),
+    ).eval()
+
+
+def test_graph_capture_takes_the_tensor_path(monkeypatch):
+    # StepGraph captures a step on a CUDA stream; simulate the capture flag on CPU: the step must not
+    # use (and so bake in) the host position, and must return no hint, since every replay continues
+    # from the state recorded at capture
+    import operators.delay as delay
+
+    net = _hinted_net()
+    clip = torch.randn(2, 2, 12, 3, 3)
+    reference = net.init_state(2)
+    state = net.init_state(2)
+    with torch.no_grad():
+        for t in range(clip.shape[2]):
+            monkeypatch.setattr(delay, "graph_capturing", lambda like: False)
+            y_ref, reference = net.step(clip[:, :, t], reference)
+            capturing = t in (5, 6)
+            monkeypatch.setattr(delay, "graph_capturing", lambda like: capturing)
+            y, state = net.step(clip[:, :, t], state)
+            if capturing:
+                assert position_hints(state) and all(hint is None for hint, _ in position_hints(state))
+            assert _hints_match_tensors(state)
+            assert (y is None) == (y_ref is None)
+            if y is not None:
+                torch.testing.assert_close(y, y_ref, **TOL)
+        assert all(hint is not None for hint, _ in position_hints(reference))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_replays_hold_no_host_position():
+    net = _hinted_net().cuda()
+    clip = torch.randn(2, 2, 16, 3, 3, device="cuda")
+    graph = O.capture_step(net, clip[:, :, 0])
+    state = net.init_state(2, device="cuda")
+    with torch.no_grad():
+        for t in range(clip.shape[2]):  # several turns of every ring after the capture
+            y_graph = graph(clip[:, :, t])
+            y_eager, state = net.step(clip[:, :, t], state)
+            if y_eager is not None:
+                torch.testing.assert_close(y_graph, y_eager, **TOL)
+    assert graph.graphed
+    assert all(hint is None for hint, _ in position_hints(graph.state))
+    assert _hints_match_tensors(state)

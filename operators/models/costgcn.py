@@ -22,7 +22,6 @@ Variants (`VARIANTS`):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -34,7 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from operators.base import ContinualModule
-from operators.conv import channel_linear
+from operators.containers import SequentialState
+from operators.conv import channel_linear, foldable_norm
 from operators.convert import continual
 from operators.delay import Delay
 from operators.models.ntu_graph import NUM_JOINTS
@@ -42,6 +42,7 @@ from operators.models.stgcn import (
     STGCN, TEMPORAL_KERNEL, STGCNBlock, STGCNConfig, STGCNForward,
 )
 from operators.models.weights import load_weights
+from operators.pointwise import ReLU
 from operators.pool import AdaptiveAvgPool1d
 
 log = logging.getLogger("costream.models")
@@ -56,45 +57,73 @@ def _map_tensors(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
     """Apply `fn` to every tensor of a nested operator state (dataclasses, tuples, lists).
 
     Runs twice per step (fold/unfold of the bodies), so it avoids `dataclasses.replace`: a shallow
-    copy with the mapped fields set directly (frozen dataclasses included).
+    copy with the mapped fields set directly (frozen dataclasses included; not slotted ones), and
+    host values (None, ints) are passed over without a call.
     """
+    cls = type(state)
+    if state is None or cls in _HOST_TYPES:
+        return state
     if isinstance(state, Tensor):
         return fn(state)
-    if state is None or isinstance(state, (int, float, bool, str)):
-        return state
-    if isinstance(state, (tuple, list)):
-        return type(state)([_map_tensors(s, fn) for s in state])
-    cls = type(state)
+    if cls is tuple or cls is list:
+        return cls([s if s is None or type(s) in _HOST_TYPES else _map_tensors(s, fn) for s in state])
     names = _FIELD_NAMES.get(cls)
     if names is None:
         if not dataclasses.is_dataclass(state):
             raise TypeError(f"unsupported state field type {cls.__name__}")
         names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in dataclasses.fields(state)))
-    out = copy.copy(state)
+    out = object.__new__(cls)  # a shallow copy without copy.copy's pickling protocol
+    fields = state.__dict__.copy()
     for name in names:
-        object.__setattr__(out, name, _map_tensors(getattr(state, name), fn))
+        value = fields[name]
+        if value is not None and type(value) not in _HOST_TYPES:
+            fields[name] = fn(value) if isinstance(value, Tensor) else _map_tensors(value, fn)
+    object.__setattr__(out, "__dict__", fields)
     return out
+
+
+_HOST_TYPES = frozenset((int, float, bool, str))
 
 
 def _fold_bodies(state: Any, bodies: int) -> Any:
     """(B*M, ...) tensors -> (B, M, ...) views: the stream is the leading dim of every state tensor."""
-    return _map_tensors(state, lambda t: t.view(t.shape[0] // bodies, bodies, *t.shape[1:]))
+    return _map_tensors(state, lambda t: t.view((t.shape[0] // bodies, bodies) + t.shape[1:]))
 
 
 def _unfold_bodies(state: Any) -> Any:
     """(B, M, ...) -> (B*M, ...) views sharing storage, as the per-body operators expect."""
-    return _map_tensors(state, lambda t: t.view(t.shape[0] * t.shape[1], *t.shape[2:]))
+    return _map_tensors(state, lambda t: t.view((t.shape[0] * t.shape[1],) + t.shape[2:]))
 
 
-def _aggregate_joints(h: Tensor, adjacency: Tensor, num_subsets: int) -> Tensor:
+def _aggregate_joints(h: Tensor, adjacency: Tensor, num_subsets: int, shift: Optional[Tensor] = None) -> Tensor:
     """`graph_aggregate` of one frame as a single matrix product: h (N, K*C, V) -> (N, C, W).
 
     sum_k h_k A_k = [h_1 .. h_K] @ [A_1; ..; A_K], with the subsets stacked along the joints.
+    `shift` (N*C, 1), entry n*C + c, is added to every joint of channel c in the same product (a folded
+    BatchNorm's shift, see `CoSTGCNBlock._shift_rows`).
     """
     n, kc, v = h.shape
     c = kc // num_subsets
     lhs = h.view(n, num_subsets, c, v).transpose(1, 2).reshape(n * c, num_subsets * v)  # (N*C, K*V)
-    return torch.mm(lhs, adjacency.reshape(num_subsets * v, -1)).view(n, c, -1)
+    rhs = adjacency.reshape(num_subsets * v, -1)
+    if shift is None:
+        return torch.mm(lhs, rhs).view(n, c, -1)
+    return torch.addmm(shift, lhs, rhs).view(n, c, -1)
+
+
+def _fold_norm_into_gcn(conv: nn.Module, norm: nn.Module, num_subsets: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The graph conv's 1x1 weight (K*C', C) and bias scaled by the eval BatchNorm that follows the
+    aggregation, and the norm's shift (C',): norm(sum_k h_k A_k) = sum_k (s*h_k) A_k + shift."""
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight
+    shift = -norm.running_mean * scale
+    if norm.bias is not None:
+        shift = shift + norm.bias
+    per_row = scale.repeat(num_subsets)  # row k*C' + c of the 1x1 conv feeds channel c
+    w = conv.weight.view(conv.weight.shape[0], -1) * per_row.unsqueeze(1)
+    bias = conv.bias * per_row if conv.bias is not None else None
+    return w.contiguous(), bias, shift.contiguous()
 
 
 @dataclass
@@ -147,25 +176,64 @@ class CoSTGCNBlock(nn.Module):
             None if self.residual is None else self.residual.init_state(batch_size, device, dtype),
         )
 
+    def _folded(self) -> Optional[tuple]:
+        """(gcn weight, bias, shift) with tcn's first BatchNorm folded in, cached until a weight or
+        statistic changes; None where the generic step applies (autograd, training mode)."""
+        tcn = self.tcn._modules
+        norm = tcn["0"]
+        if torch.is_grad_enabled() or self.training or not foldable_norm(norm) or type(tcn["1"]) is not ReLU:
+            return None
+        conv = self.gcn._modules["conv"]
+        key = [norm.eps]
+        for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var):
+            key += (None, None) if t is None else (t.data_ptr(), t._version)
+        cache = self.__dict__.get("_gcn_cache")
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, _fold_norm_into_gcn(conv, norm, self.gcn.num_subsets))
+            object.__setattr__(self, "_gcn_cache", cache)
+        return cache[1]
+
+    def _shift_rows(self, shift: Tensor, n: int) -> Tensor:
+        """The folded shift (C',) repeated for `n` bodies as (N*C', 1) rows, cached per shift and n."""
+        cache = self.__dict__.get("_shift_cache")
+        if cache is None or cache[0] is not shift or cache[1] != n:
+            cache = (shift, n, shift.repeat(n).unsqueeze(1))
+            object.__setattr__(self, "_shift_cache", cache)
+        return cache[2]
+
     def step(self, x: Tensor, adjacency: Tensor, state: BlockState) -> tuple[Optional[Tensor], BlockState]:
         """x (N, C, V) one frame -> (N, C', V) or None (warm-up, or between strided outputs)."""
         res, shortcut_state, residual_state = None, state.shortcut, state.residual
         if self.shortcut is not None:
-            res, shortcut_state = self.shortcut.step(x, shortcut_state)
+            res, shortcut_state = self.shortcut.step_view(x, shortcut_state)  # consumed below
             if res is not None and self.residual is not None:
                 res, residual_state = self.residual.step(res, residual_state)
-        w = self.gcn.conv.weight  # a 1x1 conv over joints: one (K*C', C) @ (N, C, V) matrix product
-        h = channel_linear(x, w.view(w.shape[0], w.shape[1]), self.gcn.conv.bias)  # (N, K*C', V)
-        g = _aggregate_joints(h, adjacency, self.gcn.num_subsets)
-        y, tcn_state = self.tcn.step(g, state.tcn)
+        folded = self._folded()
+        if folded is None:
+            w = self.gcn.conv.weight  # a 1x1 conv over joints: one (K*C', C) @ (N, C, V) matrix product
+            h = channel_linear(x, w.view(w.shape[0], w.shape[1]), self.gcn.conv.bias)  # (N, K*C', V)
+            g = _aggregate_joints(h, adjacency, self.gcn.num_subsets)
+            y, tcn_state = self.tcn.step(g, state.tcn)
+        else:
+            # tcn = (BN, ReLU, conv, BN, Dropout): the first BN is folded into the graph conv, the
+            # second into the temporal conv (step_affine); Dropout is the identity in eval mode
+            w, bias, shift = folded
+            shift_rows = self._shift_rows(shift, x.shape[0])
+            g = _aggregate_joints(channel_linear(x, w, bias), adjacency, self.gcn.num_subsets, shift_rows).relu_()
+            children = state.tcn.children
+            y, conv_state = self.conv.step_affine(g, children[2], self.tcn[3])
+            tcn_state = SequentialState(children[:2] + (conv_state,) + children[3:])
         new_state = BlockState(tcn_state, shortcut_state, residual_state)
         if y is None:
             return None, new_state
         if self.has_residual:
             if res is None:
                 raise RuntimeError("CoST-GCN block: shortcut and temporal conv fell out of step (a bug)")
+            if folded is not None:
+                return y.add_(res).relu_(), new_state  # y is the conv's fresh output
             y = y + res
-        return F.relu(y), new_state
+        return (F.relu(y) if folded is None else y.relu_()), new_state
 
 
 class CoSTGCN(STGCNForward, ContinualModule):
@@ -249,11 +317,25 @@ class CoSTGCN(STGCNForward, ContinualModule):
         h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         h = h.view(b, m, v, c).permute(0, 1, 3, 2).reshape(b * m, c, v)
         states = list(blocks)
+        adjacencies = self._step_adjacencies()
         for i, block in enumerate(self.st_gcn_networks):
-            h, states[i] = block.step(h, self.adjacency(i), states[i])
+            h, states[i] = block.step(h, adjacencies[i], states[i])
             if h is None:
                 return None, tuple(states)
         return h, tuple(states)
+
+    def _step_adjacencies(self) -> list[Tensor]:
+        """Each block's A * edge_importance, cached (without autograd) until A or an importance changes."""
+        blocks = range(len(self.st_gcn_networks))
+        if torch.is_grad_enabled():
+            return [self.adjacency(i) for i in blocks]
+        sources = [self.A] + ([] if self.edge_importance is None else list(self.edge_importance))
+        key = [(t.data_ptr(), t._version) for t in sources]
+        cache = self.__dict__.get("_adjacency_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, [self.adjacency(i) for i in blocks])
+            object.__setattr__(self, "_adjacency_cache", cache)
+        return cache[1]
 
     def step(self, x: Tensor, state: CoSTGCNState) -> tuple[Optional[Tensor], CoSTGCNState]:
         if self.training:

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 
 import operators
 from operators.base import ContinualModule
+from operators.containers import SequentialState
+from operators.conv import ConvState, _pointwise_conv, foldable_norm
+from operators.delay import ring_buffer_for, ring_hint, ring_write_at
 from operators.models.x3d import (
     X3D,
     Bottleneck,
@@ -75,12 +78,19 @@ class CoSqueezeExcitation(ContinualModule):
         return None
 
     def step(self, x: Tensor, state: None) -> tuple[Tensor, None]:  # (B, C, H, W)
+        return x * self._gate(x), None
+
+    def gate_(self, x: Tensor) -> Tensor:
+        """`step`'s output written into `x` (which no one else holds; no autograd)."""
+        return x.mul_(self._gate(x))
+
+    def _gate(self, x: Tensor) -> Tensor:
         # the 1x1x1 convs of a pooled (B, C) vector are two matrix products (no conv dispatch)
-        down, up = self.block[0], self.block[2]
+        down, up = self.block._modules["0"], self.block._modules["2"]
         pooled = x.mean(dim=(2, 3))
         hidden = F.linear(pooled, down.weight.flatten(1), down.bias).relu_()
         gate = F.linear(hidden, up.weight.flatten(1), up.bias).sigmoid_()
-        return x * gate.view(gate.shape + (1, 1)), None
+        return gate.view(gate.shape + (1, 1))
 
 
 class CoHead(ContinualModule):
@@ -188,15 +198,116 @@ class CoResBlock(ContinualModule):
         return x, s1, s2
 
     def step(self, x: Tensor, state: ResBlockState) -> tuple[Optional[Tensor], ResBlockState]:
+        fast = self._fast_weights()
+        if fast is not None:
+            out = self._settled_step(x, state, fast)
+            if out is not None:
+                return out
         shortcut, s1, s2 = self._shortcut_step(x, state)
         y, sb = self.branch2.step(x, state.branch2)
-        shortcut, sd = self.shortcut_delay.step(shortcut, state.shortcut_delay)
+        shortcut, sd = self.shortcut_delay.step_view(shortcut, state.shortcut_delay)  # consumed below
         new_state = ResBlockState(s1, s2, sb, sd)
         if y is None:
             return None, new_state
         if not torch.is_grad_enabled() and type(self.activation) is operators.ReLU:
             return y.add_(shortcut).relu_(), new_state  # y is the branch's fresh output
         return self.activation(shortcut + y), new_state
+
+    # The settled step: one function for the whole block ----------------------------------------
+    def _fast_weights(self) -> Optional[tuple]:
+        """The block's BatchNorm-folded weights, or None where the generic step applies: autograd on,
+        a training-mode norm, or children that are not X3D's. Cached with a key of the children
+        (identity, mode) and of every parameter and statistic (storage, version), checked each step."""
+        if torch.is_grad_enabled() or self.training:
+            return None
+        key = self._fast_key()
+        cache = self.__dict__.get("_fast_cache")
+        if cache is None or cache[0] != key:
+            cache = (key, self._fold_block())
+            object.__setattr__(self, "_fast_cache", cache)
+        return cache[1]
+
+    def _fast_key(self) -> list:
+        b = self.branch2._modules
+        norm_b = b["norm_b"]._modules
+        key: list = [tuple(b.values()), tuple(norm_b.values()), self.branch1_conv, self.branch1_norm, self.activation]
+        for m in (b["conv_a"], b["norm_a"], b["conv_b"], norm_b.get("0"), b["conv_c"], b["norm_c"],
+                  self.branch1_conv, self.branch1_norm):
+            if m is None:
+                continue
+            key += (m.training, m.__dict__.get("eps"))
+            for group in (m._parameters, m._buffers):
+                for t in group.values():
+                    key += (None, None) if t is None else (t.data_ptr(), t._version)
+        return key
+
+    def _fold_block(self) -> Optional[tuple]:
+        b = self.branch2._modules
+        norm_b = b["norm_b"]
+        if not (foldable_norm(b["norm_a"]) and foldable_norm(norm_b[0]) and foldable_norm(b["norm_c"])
+                and type(b["act_a"]) is operators.ReLU and type(b["act_b"]) is CoSwish
+                and type(self.activation) is operators.ReLU and len(norm_b) == 2
+                and b["conv_b"].stride == 1 and self.shortcut_delay.crop_start == 0):
+            return None  # the settled step emits every step and reads the shortcut ring's oldest slot
+        wa, ba, _, _ = b["conv_a"]._folded_weights(b["norm_a"])
+        _, bb, _, ring_b = b["conv_b"]._folded_weights(norm_b[0])
+        wc, bc, _, _ = b["conv_c"]._folded_weights(b["norm_c"])
+        if ring_b is None:
+            return None
+        w1 = b1 = None
+        if self.branch1_conv is not None:
+            if self.branch1_norm is None:
+                w1, b1 = self.branch1_conv.stacked_weight(), self.branch1_conv.bias
+            elif foldable_norm(self.branch1_norm):
+                w1, b1, _, _ = self.branch1_conv._folded_weights(self.branch1_norm)
+            else:
+                return None
+        return wa, ba, ring_b, bb, wc, bc, w1, b1
+
+    def _settled_step(self, x: Tensor, state: ResBlockState, weights: tuple) -> Optional[tuple[Tensor, ResBlockState]]:
+        """The block's step past its warm-up with host ring positions: the generic step's exact
+        operations (folded 1x1 convs as matrix products, the depthwise ring conv, SE, Swish, the
+        delayed shortcut) without the per-layer dispatch. None when it does not apply (warm-up, no
+        position hint, CUDA graph capture): the caller takes the generic step."""
+        b = self.branch2._modules
+        conv_b, delay = b["conv_b"], self.shortcut_delay
+        children = state.branch2.children
+        sb, sd = children[3], state.shortcut_delay
+        if (sb.buffer is None or sd.buffer is None or sb.count != conv_b.delay or sd.count != delay.delay
+                or ring_hint(sb.at, sb.buffer) is None or ring_hint(sd.at, sd.buffer) is None):
+            return None
+        wa, ba, ring_b, bb, wc, bc, w1, b1 = weights
+        shortcut = x
+        if self.branch1_conv is not None:
+            shortcut = _pointwise_conv(x, w1, b1, self.branch1_conv.stride_nd[1:])
+        ring = sb.buffer
+        slot = ring.select(1, sb.at).movedim(1, -1)  # (B, *S, C): contiguous for one stream
+        rows = x.movedim(1, -1)
+        if (slot.is_contiguous() and rows.is_contiguous() and slot.shape[:-1] == rows.shape[:-1]
+                and slot.shape[-1] == wa.shape[0] and ring.dtype == x.dtype):
+            # conv_a (+ norm_a, ReLU) writes straight into conv_b's ring slot: no copy of its output
+            torch.addmm(ba, rows.view(-1, rows.shape[-1]), wa.view(wa.shape[0], -1).t(),
+                        out=slot.view(-1, slot.shape[-1])).relu_()
+            at_b = sb.at + 1 if sb.at + 1 < ring.shape[1] else 0
+            sb.pos.fill_(at_b)
+        else:
+            a = _pointwise_conv(x, wa, ba, (1, 1)).relu_()
+            ring = ring_buffer_for(ring, a, ring.shape[1], "continual conv", channels_last=True)
+            at_b = ring_write_at(ring, sb.pos, sb.at, a)
+        y = conv_b._ring_conv(ring.transpose(1, 2), ring_b[at_b], bb, conv_b.groups).squeeze(2)
+        se = b["norm_b"]._modules["1"]
+        if type(se) is CoSqueezeExcitation:
+            y = se.gate_(y)  # y is the conv's fresh output
+        else:
+            y = se.step(y, None)[0]
+        y = _pointwise_conv(F.silu(y, inplace=True), wc, bc, (1, 1))
+        lag = sd.buffer.shape[1]
+        ring_d = ring_buffer_for(sd.buffer, shortcut, lag, "Delay", channels_last=None)
+        at_d = ring_write_at(ring_d, sd.pos, sd.at, shortcut)
+        out = y.add_(ring_d.select(1, at_d)).relu_()
+        branch2 = SequentialState(children[:3] + (ConvState(ring, sb.pos, sb.count, at_b),) + children[4:])
+        return out, ResBlockState(state.branch1_conv, state.branch1_norm, branch2,
+                                  type(sd)(ring_d, sd.pos, sd.count, at_d))
 
     def flush(self, state: ResBlockState, zero_frame: Optional[Tensor] = None) -> tuple[list[Tensor], ResBlockState]:
         """End padding as offline: the branch is padded at each of its layers, the shortcut is not."""
