@@ -22,7 +22,6 @@ Masks, `add_bias_kv`, `add_zero_attn` and separate key/value dimensions are not 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from operators.base import ContinualModule
+from operators.base import ContinualModule, registered
 from operators.convert import register_conversion
 
 
@@ -49,7 +48,7 @@ def merge_heads(x: Tensor) -> Tensor:
 
 def ring_write(buffer: Tensor, pos: Tensor, value: Tensor) -> None:
     """In place: buffer[b, :, pos[b]] = value[b] for buffer (B, H, n, ...) and value (B, H, ...)."""
-    index = pos.view(-1, *([1] * (buffer.dim() - 1))).expand(*value.shape[:2], 1, *value.shape[2:])
+    index = pos.view((-1,) + (1,) * (buffer.dim() - 1)).expand(value.shape[:2] + (1,) + value.shape[2:])
     buffer.scatter_(2, index, value.unsqueeze(2))
 
 
@@ -100,14 +99,20 @@ def single_output_step(x: Tensor, state: SingleOutputAttentionState, in_proj_wei
                        in_proj_bias: Optional[Tensor], out_proj_weight: Tensor,
                        out_proj_bias: Optional[Tensor], num_heads: int) -> Tensor:
     """x (B, E) -> attention output (B, E) of the new token over the window; updates `state` in place."""
-    n = state.kv.shape[2]
-    qkv = F.linear(x, in_proj_weight, in_proj_bias).view(x.shape[0], 3 * num_heads, -1)
-    ring_write(state.kv, state.pos, qkv[:, num_heads:])
+    b, kv = x.shape[0], state.kv
+    qkv = F.linear(x, in_proj_weight, in_proj_bias).view(b, 3 * num_heads, -1)  # (B, 3H, Dh)
+    ring_write(kv, state.pos, qkv[:, num_heads:])
     q = qkv[:, :num_heads].unsqueeze(2)  # (B, H, 1, Dh)
-    out = F.scaled_dot_product_attention(q, state.kv[:, :num_heads], state.kv[:, num_heads:])
+    out = F.scaled_dot_product_attention(q, kv[:, :num_heads], kv[:, num_heads:])  # (B, H, 1, Dh)
+    advance_ring(state, kv.shape[2])
+    return F.linear(out.reshape(b, -1), out_proj_weight, out_proj_bias)
+
+
+def advance_ring(state: "SingleOutputAttentionState | RetroactiveAttentionState", n: int) -> None:
+    """Move the per-stream write slot on by one (in place) and count the token (saturating at n)."""
     state.pos.add_(1).remainder_(n)
-    state.seen = min(state.seen + 1, n)
-    return F.linear(out.reshape(x.shape[0], -1), out_proj_weight, out_proj_bias)
+    if state.seen < n:
+        state.seen += 1
 
 
 # Retroactive step -----------------------------------------------------------------------------
@@ -148,8 +153,7 @@ def retroactive_step(x: Tensor, state: RetroactiveAttentionState, in_proj_weight
     ring_write(state.qkv, state.pos, qkv)
     queries, keys, values = state.qkv.chunk(3, dim=1)  # (B, H, n, Dh) by slot
     out = F.scaled_dot_product_attention(queries, keys, values)  # (B, H, n, Dh)
-    state.pos.add_(1).remainder_(n)
-    state.seen = min(state.seen + 1, n)
+    advance_ring(state, n)
     if ordered:
         out = out.gather(2, chronological_index(state.pos, n).view(b, 1, n, 1).expand_as(out))
     return F.linear(merge_heads(out), out_proj_weight, out_proj_bias)
@@ -213,8 +217,9 @@ class _ContinualMHA(ContinualModule, nn.MultiheadAttention):
         return out.transpose(1, 2)
 
     def _weights(self) -> tuple:
-        return (self.in_proj_weight, self.in_proj_bias, self.out_proj.weight, self.out_proj.bias,
-                self.num_heads)
+        out_proj = registered(self, "out_proj")
+        return (registered(self, "in_proj_weight"), registered(self, "in_proj_bias"),
+                registered(out_proj, "weight"), registered(out_proj, "bias"), self.num_heads)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, sequence_len={self.sequence_len}"

@@ -26,6 +26,21 @@ from torch import Tensor, nn
 from operators.state import batch_size_of, clone_state
 
 
+def registered(module: nn.Module, name: str) -> Any:
+    """`getattr(module, name)` for a registered parameter or submodule, read from nn.Module's dicts.
+
+    nn.Module resolves these in `__getattr__` only after the normal lookup failed (an AttributeError
+    raised and caught: about 1 us per name, while a B = 1 step reads about twenty of them); the dicts
+    answer in 50 ns. Anything else (a plain attribute, a parametrized weight) goes through getattr.
+    """
+    d = module.__dict__
+    if name in d["_parameters"]:
+        return d["_parameters"][name]
+    if name in d["_modules"]:
+        return d["_modules"][name]
+    return getattr(module, name)
+
+
 class ContinualModule(nn.Module):
     """Base class; subclasses implement `forward`, `init_state`, `step` and the temporal properties."""
 

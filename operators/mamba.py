@@ -10,19 +10,21 @@ transposed back. Causal, no look-ahead: delay 0, the step at time t equals `forw
 The receptive field is unbounded (the SSM state carries the whole past); the properties report
 receptive_field 1 and padding 0 because there is nothing to wait for and nothing to flush at the end,
 so `forward_steps(clip, pad_end=True)` == `forward(clip)` as for every operator.
-Step state: conv window (B, d_inner, d_conv), shifted in place by one column per token (d_conv is
-tiny, and a shift needs no per-stream position), and SSM state (B, d_inner, d_state), updated in place.
+Step state: conv window (B, d_conv, d_inner), shifted in place by one token per step (d_conv is
+tiny, and a shift needs no per-stream position), and SSM state (B, d_state, d_inner), updated in place
+(d_inner last, so that every per-channel update of a step runs along contiguous memory).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from operators.base import registered
 from operators.base import ContinualModule
 
 
@@ -63,10 +65,89 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, 
     return y, h
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """x * rsqrt(mean(x^2) + eps) * weight over the last dim (mean(x^2) as one dot product: fewer ATen
+    calls than F.rms_norm, which CPU builds decompose into eight)."""
+    inv_rms = torch.linalg.vecdot(x, x).unsqueeze(-1).mul_(1.0 / x.shape[-1]).add_(eps).rsqrt_()
+    return torch.mul(x, weight).mul_(inv_rms)
+
+
+# Pure step -----------------------------------------------------------------------------------
+class MambaStepWeights(NamedTuple):
+    """What one step reads: the mixer's parameters, with two derived tensors laid out d_inner-last
+    like the step state: the conv weight transposed (k, Di), and A in base 2, A2 = A log2(e)
+    transposed (N, Di), so that exp(delta A) = exp2(delta A2) (ATen's exp2 is 2-3x faster than its exp
+    on CPU, which goes through MKL's VML; the two agree to a few float32 ulps)."""
+
+    in_proj_weight: Tensor
+    in_proj_bias: Optional[Tensor]
+    conv_weight_t: Tensor
+    conv_bias: Optional[Tensor]
+    x_proj_weight: Tensor
+    dt_proj_weight: Tensor
+    dt_proj_bias: Tensor
+    A2_t: Tensor
+    D: Tensor
+    out_proj_weight: Tensor
+    out_proj_bias: Optional[Tensor]
+    dt_rank: int
+    d_state: int
+
+
+def mamba_step(x: Tensor, state: "MambaState", w: MambaStepWeights,
+               residual: Optional[Tensor] = None) -> Tensor:
+    """One token x (B, D) -> (B, D) (+ `residual`, fused into out_proj); state updated in place.
+
+    Each intermediate is computed once, in few ATen calls (a B = 1 step costs as much in per-call
+    overhead as in weight traffic), and every per-channel operation runs along the contiguous d_inner.
+    """
+    xi, z = F.linear(x, w.in_proj_weight, w.in_proj_bias).chunk(2, dim=-1)  # (B, Di) each
+    conv = state.conv  # (B, k, Di), oldest first
+    window = torch.cat((conv[:, 1:], xi.unsqueeze(1)), dim=1)  # the window shifted by one token
+    conv.copy_(window)
+    xc = torch.linalg.vecdot(window, w.conv_weight_t, dim=1)  # depthwise causal conv (B, Di)
+    if w.conv_bias is not None:
+        xc.add_(w.conv_bias)
+    xc = F.silu(xc, inplace=True)
+    dt, Bm, Cm = F.linear(xc, w.x_proj_weight).split([w.dt_rank, w.d_state, w.d_state], dim=-1)
+    delta = F.softplus(F.linear(dt, w.dt_proj_weight, w.dt_proj_bias))  # (B, Di)
+    ssm = state.ssm  # (B, N, Di): h <- exp(delta A) h + delta x B
+    ssm.mul_(torch.mul(delta.unsqueeze(1), w.A2_t).exp2_())
+    ssm.baddbmm_(Bm.unsqueeze(-1), (delta * xc).unsqueeze(1))
+    y = torch.bmm(Cm.unsqueeze(1), ssm).view_as(xc).addcmul_(w.D, xc)  # C . h + D x
+    y.mul_(F.silu(z))
+    if residual is None:
+        return F.linear(y, w.out_proj_weight, w.out_proj_bias)
+    if w.out_proj_bias is None:
+        return torch.addmm(residual, y, w.out_proj_weight.t())
+    return F.linear(y, w.out_proj_weight, w.out_proj_bias).add_(residual)
+
+
+def _snapshot(tensor: Tensor) -> tuple[Tensor, int]:
+    """A detached alias of `tensor` (it keeps the storage alive, so its address cannot be reused) and
+    its version counter now."""
+    return tensor.detach(), tensor._version
+
+
+def _unchanged(snapshot: tuple[Tensor, int], tensor: Tensor) -> bool:
+    """Whether `tensor` is still the storage of `snapshot`, not written to since."""
+    alias, version = snapshot
+    return (alias.data_ptr() == tensor.data_ptr() and alias.device == tensor.device
+            and tensor._version == version)
+
+
+def _derived_step_tensors(A_log: Tensor, conv_weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(A2_t (N, Di), conv_weight_t (k, Di)); A = -exp(A_log) in float32 at least, as the forward."""
+    A2_t = (torch.exp(A_log.float()) * -math.log2(math.e)).t().contiguous().to(dtype)
+    conv_t = conv_weight.view(conv_weight.shape[0], conv_weight.shape[2]).t().contiguous().to(dtype)
+    return A2_t, conv_t
+
+
 # Modules ----------------------------------------------------------------------------------------
 @dataclass
 class MambaState:
-    """Conv window (B, Di, d_conv), oldest first; SSM state (B, Di, N)."""
+    """Conv window (B, d_conv, Di), oldest first; SSM state (B, N, Di) (d_inner last: the per-channel
+    updates of a step then run along contiguous memory)."""
 
     conv: Tensor
     ssm: Tensor
@@ -133,25 +214,51 @@ class Mamba(ContinualModule):
         device = device or self.A_log.device
         dtype = dtype or self.A_log.dtype
         return MambaState(
-            conv=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
-            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype),
+            conv=torch.zeros(batch_size, self.d_conv, self.d_inner, device=device, dtype=dtype),
+            ssm=torch.zeros(batch_size, self.d_state, self.d_inner, device=device, dtype=dtype),
         )
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """One token (B, D) -> (B, D); conv window and SSM state updated in place."""
-        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, Di)
-        conv = state.conv  # (B, Di, k), oldest first: shifted in place (k is tiny), newest written last
-        conv[:, :, :-1] = conv[:, :, 1:].clone()
-        conv[:, :, -1] = xi
-        xc = (conv * self.conv1d.weight[:, 0, :]).sum(-1)
-        if self.conv1d.bias is not None:
-            xc = xc + self.conv1d.bias
-        xc = F.silu(xc)
-        delta, Bm, Cm = self._ssm_inputs(xc)
-        A = -torch.exp(self.A_log.float()).to(x.dtype)
-        state.ssm.mul_(torch.exp(delta.unsqueeze(-1) * A)).add_((delta * xc).unsqueeze(-1) * Bm.unsqueeze(1))
-        y = (state.ssm @ Cm.unsqueeze(-1)).squeeze(-1) + self.D * xc
-        return self.out_proj(y * F.silu(z)), state
+        return mamba_step(x, state, self.step_weights(x.dtype)), state
+
+    def step_weights(self, dtype: torch.dtype) -> MambaStepWeights:
+        """The tensors a step reads (via `registered`: nn.Module's attribute fallback costs ~1 us per
+        name); the derived ones come from a cache (see `_derived`)."""
+        in_proj, x_proj, dt_proj, out_proj = (
+            registered(self, name) for name in ("in_proj", "x_proj", "dt_proj", "out_proj"))
+        A2_t, conv_t = self._derived(dtype)
+        return MambaStepWeights(
+            registered(in_proj, "weight"), registered(in_proj, "bias"), conv_t,
+            registered(registered(self, "conv1d"), "bias"), registered(x_proj, "weight"),
+            registered(dt_proj, "weight"), registered(dt_proj, "bias"), A2_t, registered(self, "D"),
+            registered(out_proj, "weight"), registered(out_proj, "bias"), self.dt_rank, self.d_state)
+
+    def _derived(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(A2_t, conv_weight_t) in `dtype` (see MambaStepWeights), recomputed only when A_log or the
+        conv weight changed.
+
+        Inference only (no grad): the cache is checked against the parameters' storage and version
+        counters, so it follows `load_state_dict`, in-place updates, `.to()` and re-assignment; a write
+        through `.data` (which bypasses the version counter) needs `clear_cache()`. With grad enabled
+        they are recomputed every step so that they stay differentiable.
+        """
+        A_log, conv_w = registered(self, "A_log"), registered(registered(self, "conv1d"), "weight")
+        if torch.is_grad_enabled():
+            return _derived_step_tensors(A_log, conv_w, dtype)
+        cached = self.__dict__.get("_derived_cache")
+        if cached is not None:
+            (A_log_snap, conv_snap), derived = cached
+            if derived[0].dtype == dtype and _unchanged(A_log_snap, A_log) and _unchanged(conv_snap, conv_w):
+                return derived
+        derived = _derived_step_tensors(A_log, conv_w, dtype)
+        if all(type(t) is Tensor for t in derived):  # not FakeTensors made under a tracing mode
+            self.__dict__["_derived_cache"] = ((_snapshot(A_log), _snapshot(conv_w)), derived)
+        return derived
+
+    def clear_cache(self) -> None:
+        """Forget the cached derived tensors (only needed after writing to a parameter's `.data`)."""
+        self.__dict__.pop("_derived_cache", None)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
@@ -167,9 +274,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model, device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        if hasattr(F, "rms_norm"):  # one fused op (torch >= 2.4)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
@@ -194,5 +299,7 @@ class MambaBlock(ContinualModule):
         return self.mixer.init_state(batch_size, device, dtype)
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
-        y, state = self.mixer.step(self.norm(x), state)
-        return x + y, state
+        """x (B, D) -> x + mixer(norm(x)); the residual add is fused into the mixer's out_proj."""
+        norm, mixer = registered(self, "norm"), registered(self, "mixer")
+        h = rms_norm(x, registered(norm, "weight"), norm.eps) if type(norm) is RMSNorm else norm(x)
+        return mamba_step(h, state, mixer.step_weights(x.dtype), residual=x), state

@@ -44,7 +44,7 @@ from operators.attention import (
     single_output_step,
     window_attention,
 )
-from operators.base import ContinualModule
+from operators.base import ContinualModule, registered
 from operators.convert import register_conversion
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
@@ -52,32 +52,45 @@ LayerState = Union[SingleOutputAttentionState, "RetroactiveLayerState"]
 
 
 # Pure layer math (reads only the parameters of `layer`, an nn.TransformerEncoderLayer) ----------
+# Parameters are read with `registered` (nn.Module's attribute fallback costs ~1 us per name).
 def _attn_weights(layer: nn.TransformerEncoderLayer) -> tuple:
-    sa = layer.self_attn
-    return sa.in_proj_weight, sa.in_proj_bias, sa.out_proj.weight, sa.out_proj.bias, sa.num_heads
+    sa = registered(layer, "self_attn")
+    out_proj = registered(sa, "out_proj")
+    return (registered(sa, "in_proj_weight"), registered(sa, "in_proj_bias"), registered(out_proj, "weight"),
+            registered(out_proj, "bias"), sa.num_heads)
 
 
-def _norm(ln: nn.LayerNorm, x: Tensor) -> Tensor:
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+def _norm(layer: nn.TransformerEncoderLayer, name: str, x: Tensor) -> Tensor:
+    ln = registered(layer, name)
+    return F.layer_norm(x, ln.normalized_shape, registered(ln, "weight"), registered(ln, "bias"), ln.eps)
+
+
+def _linear(layer: nn.TransformerEncoderLayer, name: str, x: Tensor) -> Tensor:
+    lin = registered(layer, name)
+    return F.linear(x, registered(lin, "weight"), registered(lin, "bias"))
 
 
 def _feed_forward(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
-    h = F.linear(x, layer.linear1.weight, layer.linear1.bias)
+    h = _linear(layer, "linear1", x)
     h = h.relu_() if layer.activation is F.relu else layer.activation(h)  # in place: one buffer less
-    return F.linear(h, layer.linear2.weight, layer.linear2.bias)
+    return _linear(layer, "linear2", h)
 
 
 def _attn_input(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
-    return _norm(layer.norm1, x) if layer.norm_first else x
+    return _norm(layer, "norm1", x) if layer.norm_first else x
 
 
 def _finish(layer: nn.TransformerEncoderLayer, x: Tensor, attn: Tensor) -> Tensor:
-    """Residuals, norms and feed-forward given the tokens x (..., E) and their attention output."""
+    """Residuals, norms and feed-forward given the tokens x (..., E) and their attention output.
+
+    `attn` must be a fresh tensor: the residual sums are accumulated into it and into the
+    feed-forward output in place (fewer buffers; the same sums).
+    """
     if layer.norm_first:
-        h = x + attn
-        return h + _feed_forward(layer, _norm(layer.norm2, h))
-    h = _norm(layer.norm1, x + attn)
-    return _norm(layer.norm2, h + _feed_forward(layer, h))
+        h = attn.add_(x)
+        return _feed_forward(layer, _norm(layer, "norm2", h)).add_(h)
+    h = _norm(layer, "norm1", attn.add_(x))
+    return _norm(layer, "norm2", _feed_forward(layer, h).add_(h))
 
 
 def window_layer(layer: nn.TransformerEncoderLayer, x: Tensor, newest: Optional[Tensor] = None) -> Tensor:
@@ -186,7 +199,8 @@ class TransformerEncoderLayer(ContinualModule, nn.TransformerEncoderLayer):
         return init_single_output_layer_state(self, batch_size, self.sequence_len, device, dtype)
 
     def step(self, x: Tensor, state: LayerState) -> tuple[Optional[Tensor], LayerState]:
-        check_eval(self, self.dropout.p, type(self).__name__)
+        if self.training:
+            check_eval(self, self.dropout.p, type(self).__name__)
         if self.retroactive:
             y = retroactive_layer_step(self, x, state).transpose(1, 2)
             seen = state.attn.seen
@@ -245,23 +259,26 @@ class TransformerEncoder(ContinualModule):
         return self.layers[0].init_state(batch_size, device, dtype)
 
     def step(self, x: Tensor, state: LayerState) -> tuple[Optional[Tensor], LayerState]:
-        first = self.layers[0]
-        check_eval(first, first.dropout.p, type(self).__name__)
-        if self.num_layers == 1:
+        layers = list(registered(self, "layers"))
+        first, n = layers[0], layers[0].sequence_len
+        if first.training:
+            check_eval(first, first.dropout.p, type(self).__name__)
+        if len(layers) == 1:
             y = single_output_layer_step(first, x, state)
             seen = state.seen
         else:
             # Ring order all the way: the middle layers are permutation equivariant, and the last one
             # takes its query from the newest token's slot.
             window = retroactive_layer_step(first, x, state, ordered=False)
-            for layer in self.layers[1:-1]:
+            for layer in layers[1:-1]:
                 window = window_layer(layer, window)
-            newest = (state.attn.pos - 1).remainder_(self.sequence_len)
-            y = window_layer(self.layers[-1], window, newest)
+            newest = (state.attn.pos - 1).remainder_(n)
+            y = window_layer(layers[-1], window, newest)
             seen = state.attn.seen
-        if self.norm is not None:
-            y = self.norm(y)
-        return (y if seen >= self.sequence_len else None), state
+        norm = registered(self, "norm")
+        if norm is not None:
+            y = norm(y)
+        return (y if seen >= n else None), state
 
     def extra_repr(self) -> str:
         return f"num_layers={self.num_layers}, sequence_len={self.sequence_len}"

@@ -82,6 +82,39 @@ def test_parallel_linear_scan_matches_loop() -> None:
     torch.testing.assert_close(h1, h2, **TOL)
 
 
+def test_step_follows_every_parameter_change() -> None:
+    """The step caches tensors derived from A_log and the conv weight; each kind of update must reach it."""
+    m = make_mamba()
+    other = make_mamba()
+    with torch.no_grad():
+        other.A_log.add_(0.5 * torch.randn_like(other.A_log))
+        other.conv1d.weight.mul_(-2.0)
+    clip = torch.randn(2, 12, 9)
+
+    def check(module: Mamba) -> None:
+        module.reset_state()
+        torch.testing.assert_close(module.forward_steps(clip), module(clip), **TOL)
+
+    with torch.no_grad():
+        check(m)  # fills the cache
+        m.A_log.mul_(1.1)  # in-place update of A_log
+        check(m)
+        m.conv1d.weight.add_(0.2)  # in-place update of the conv weight
+        check(m)
+        m.load_state_dict(other.state_dict())
+        check(m)
+        m.reset_state()
+        torch.testing.assert_close(m.forward_steps(clip), other.forward_steps(clip), rtol=0, atol=0)
+        m.A_log.data = m.A_log.data + 0.3  # a new tensor behind the same Parameter
+        check(m)
+        m.double()  # dtype change: new storages again
+        clip = clip.double()
+        check(m)
+        m.A_log.data.sub_(0.2)  # bypasses the version counter: documented as needing clear_cache()
+        m.clear_cache()
+        check(m)
+
+
 def test_parameter_names_match_mamba_ssm() -> None:
     m = Mamba(16, d_state=16, d_conv=4, expand=2)
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}

@@ -103,6 +103,33 @@ def test_callable_activation_and_no_bias() -> None:
         torch.testing.assert_close(out[:, :, i], exp, **TOL)
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_step_reads_parametrized_and_replaced_weights(depth: int) -> None:
+    """The step reads parameters straight from nn.Module's dicts; a parametrized weight (a property,
+    not in `_parameters`) and a replaced submodule must still be what it uses."""
+    from torch.nn.utils import parametrize
+
+    class Scale(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 0.5 * w
+
+    torch.manual_seed(9)
+    n = 3
+    ref = torch_encoder(depth)
+    op = continual(ref, sequence_len=n)
+    clip = torch.randn(2, E, 7)
+    with torch.no_grad():
+        op.forward_steps(clip)  # step once with the plain weights
+        for module in (ref, op):
+            parametrize.register_parametrization(module.layers[-1].linear1, "weight", Scale())
+            module.layers[-1].norm2 = nn.LayerNorm(E, eps=1e-3)
+        op.layers[-1].norm2.load_state_dict(ref.layers[-1].norm2.state_dict())
+        op.reset_state()
+        out = op.forward_steps(clip)
+    for i, exp in enumerate(run_on_windows(ref, clip, n, True)):
+        torch.testing.assert_close(out[:, :, i], exp, **TOL)
+
+
 @pytest.mark.parametrize("depth", [1, 2, 3])
 def test_streams_batch_save_restore_and_reset(depth: int) -> None:
     torch.manual_seed(9)

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from operators.base import registered
 from operators.base import ContinualModule
 from operators.convert import continual
 from operators.models.weights import load_weights
@@ -118,10 +119,14 @@ class CoOadTR(ContinualModule):
     def step(self, x: Tensor, state: CoOadTRState) -> tuple[Optional[Tensor], CoOadTRState]:
         if x.dim() != 2 or x.shape[1] != self.config.d_in:
             raise ValueError(f"CoOadTR step expects (B, d_in={self.config.d_in}), got {tuple(x.shape)}")
-        token = F.linear(x, self.projection.weight, self.projection.bias)
-        token, position = self.positional.step(token, state.position)
-        y, encoder_state = self.encoder.step(token, state.encoder)
-        out = None if y is None else F.linear(y, self.classifier.weight, self.classifier.bias)
+        # Submodules and parameters via `registered` (nn.Module's attribute fallback costs ~1 us each).
+        projection, classifier = registered(self, "projection"), registered(self, "classifier")
+        token = F.linear(x, registered(projection, "weight"), registered(projection, "bias"))
+        token, position = registered(self, "positional").step(token, state.position)
+        y, encoder_state = registered(self, "encoder").step(token, state.encoder)
+        if y is None:
+            return None, CoOadTRState(position, encoder_state)
+        out = F.linear(y, registered(classifier, "weight"), registered(classifier, "bias"))
         return out, CoOadTRState(position, encoder_state)
 
 
