@@ -370,7 +370,7 @@ class LocalExecutor:
                     t1 = now_ns()
                     if frame is None:
                         break
-                    if not isinstance(frame, Frame):
+                    if frame.__class__ is not Frame and not isinstance(frame, Frame):
                         raise TypeError(f"{type(worker.node).__name__}.frames() must yield Frame objects "
                                         f"(build them with self.make_frame(data)); got {type(frame).__name__}")
                     if m.t_first == 0:
@@ -378,7 +378,9 @@ class LocalExecutor:
                     m.service_ns.append(t1 - t0)
                     m.frames_out += 1
                     m.t_last = t1
-                    self._emit(worker, frame, t1, DevicePlacement.record_event(worker.cuda_stream))
+                    cuda_stream = worker.cuda_stream
+                    self._emit(worker, frame, t1,
+                               None if cuda_stream is None else DevicePlacement.record_event(cuda_stream))
                 if self.max_frames is not None and m.frames_out >= self.max_frames:
                     self._limit_hit = True
         except Exception as exc:
