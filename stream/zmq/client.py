@@ -89,7 +89,8 @@ class _Encoder:
 
     def frame(self, arrays: Any, stream: str, seq: int | None, t_capture_ns: int | None,
               meta: Mapping[str, Any] | None, encoding: Mapping[str, str] | None) -> tuple[int, list[Any]]:
-        if arrays.__class__ is not dict and not isinstance(arrays, Mapping):
+        # (an ndarray is checked first: isinstance against the Mapping ABC costs ~1 us per request)
+        if arrays.__class__ is np.ndarray or (arrays.__class__ is not dict and not isinstance(arrays, Mapping)):
             arrays = {"input": arrays}
         if seq is None:
             seq = self._seq.get(stream, 0)

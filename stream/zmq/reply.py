@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from stream.frame import Frame, now_ns
 from stream.zmq import protocol as P
 
@@ -32,7 +34,8 @@ def frame_arrays(frame: Frame) -> dict[str, Any]:
     data = frame.data
     if data is None:
         return {}
-    if data.__class__ is dict or isinstance(data, Mapping):
+    # An ndarray is ruled out first: isinstance against the Mapping ABC costs ~1 us per reply.
+    if data.__class__ is dict or (data.__class__ is not np.ndarray and isinstance(data, Mapping)):
         return dict(data)
     return {str(frame.meta.get("zmq.tensor", "output")): data}
 
