@@ -1,0 +1,62 @@
+"""A `costream serve` subprocess for the end-to-end ZeroMQ tests (Python and C++ clients)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stream.zmq import Client, ReplyTimeout
+
+REPO = Path(__file__).resolve().parents[1]
+PASSTHROUGH = str(REPO / "pipelines" / "serve_passthrough.yaml")
+DEADLINE_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+class Server:
+    """`python -m stream.zmq.serve` (what `costream serve` runs) in a subprocess."""
+
+    def __init__(self, tmp: Path, pipeline: str, endpoint: str, *args: str) -> None:
+        self.log = tmp / f"server-{time.monotonic_ns()}.log"
+        self.args = [sys.executable, "-m", "stream.zmq.serve", pipeline, "--endpoint", endpoint, *args]
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
+
+    def wait_ready(self, client: Client) -> dict:
+        deadline = time.monotonic() + DEADLINE_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()}")
+            try:
+                return client.ping(timeout=0.25)
+            except ReplyTimeout:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not ready in {DEADLINE_S} s: {self.log.read_text()}") from None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(DEADLINE_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError(f"server ignored SIGINT: {self.log.read_text()}") from None
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(DEADLINE_S)
