@@ -2,7 +2,6 @@
 check that fails when the graph's outputs differ. Nothing about timing."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import operators as O
+from bench_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_steps.py"
@@ -30,13 +30,7 @@ runpy.run_path({str(SCRIPT)!r}, run_name='__main__')
 
 
 def _gpu_steps():
-    if "gpu_steps" in sys.modules:
-        return sys.modules["gpu_steps"]
-    spec = importlib.util.spec_from_file_location("gpu_steps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_steps"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('gpu_steps')
 
 
 def test_cpu_smoke_run_writes_rows_and_checks_graph_against_eager(tmp_path: Path) -> None:

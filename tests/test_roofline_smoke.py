@@ -1,7 +1,6 @@
 """benchmarks/roofline.py: the dense-call recorder and a --quick run of one case (no timing checks)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,18 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_loader import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "roofline.py"
 
 
 def _roofline():
-    if "roofline" in sys.modules:
-        return sys.modules["roofline"]
-    spec = importlib.util.spec_from_file_location("roofline", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["roofline"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark('roofline')
 
 
 def test_capture_records_dense_calls_and_splits_weights_from_state() -> None:
