@@ -123,8 +123,21 @@ def test_malformed_messages_raise_their_code(case):
     assert len(err.value.message) > 20  # says what was expected and what came
 
 
-def test_size_limits_are_checked():
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_messages_raise_their_code_as_received_frames(case):
+    """Received messages are zmq.Frames, which take the one-function fast path first: it must reject
+    (or hand over) every malformed case so that the same error comes out."""
+    parts, code = MALFORMED[case]
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([zmq.Frame(p) for p in parts])
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize("as_frames", [False, True], ids=["bytes", "frames"])
+def test_size_limits_are_checked(as_frames):
     parts = frame_parts({"a": np.zeros(1000, np.uint8)})
+    if as_frames:
+        parts = [zmq.Frame(p) for p in parts]
     for limits, code in [(P.Limits(max_message_bytes=500), P.MESSAGE_TOO_LARGE),
                          (P.Limits(max_tensor_bytes=999), P.TENSOR_TOO_LARGE),
                          (P.Limits(max_elements=999), P.TENSOR_TOO_LARGE),
@@ -132,16 +145,38 @@ def test_size_limits_are_checked():
         with pytest.raises(P.ProtocolError) as err:
             P.decode(parts, limits)
         assert err.value.code == code
+    many = frame_parts({f"t{i}": np.zeros(2, np.uint8) for i in range(3)})
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode([zmq.Frame(p) for p in many] if as_frames else many, P.Limits(max_tensors=2))
+    assert err.value.code == P.PART_COUNT
+
+
+@pytest.mark.parametrize("arrays", [
+    {"x": np.arange(6, dtype=np.int16).reshape(2, 3)},
+    {"a": np.zeros((0, 3), np.float32), "b": np.ones(4, np.uint8), "c": np.array(2.5)},
+    {"img": np.zeros((4, 5, 3), np.uint8)},
+])
+def test_fast_and_checked_decoding_agree_on_valid_messages(arrays):
+    parts = [zmq.Frame(p) for p in frame_parts(arrays, meta={"k": [1, 2]}, request_id=9)]
+    fast = P._decode_common(parts, P.Limits())
+    checked = P._decode_checked(parts, P.Limits())
+    assert fast is not None
+    assert fast[0] == checked[0] and fast[1] == checked[1] and fast[3] == checked[3]
+    assert fast[2].keys() == checked[2].keys() == arrays.keys()
+    for name, arr in arrays.items():
+        assert fast[2][name].dtype == arr.dtype and fast[2][name].shape == arr.shape
+        np.testing.assert_array_equal(fast[2][name], arr)
 
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.binary(max_size=64), min_size=1, max_size=4), st.binary(max_size=200))
 def test_random_bytes_never_raise_anything_but_protocol_errors(parts, header_tail):
     for candidate in (parts, [P.MAGIC + b"\x01\x01\x00\x00" + header_tail, *parts[1:]]):
-        try:
-            P.decode(candidate)
-        except P.ProtocolError:
-            pass
+        for message in (candidate, [zmq.Frame(p) for p in candidate]):
+            try:
+                P.decode(message)
+            except P.ProtocolError:
+                pass
 
 
 @settings(max_examples=60, deadline=None)
@@ -149,11 +184,16 @@ def test_random_bytes_never_raise_anything_but_protocol_errors(parts, header_tai
        st.sampled_from(list(P.DTYPES)), st.integers(min_value=-1, max_value=2**70))
 def test_random_shapes_are_checked_before_allocation(shape, dtype, nbytes):
     parts = [raw_header({"tensors": [tensor(dtype=dtype, shape=shape, nbytes=nbytes)]}), bytes(16)]
-    try:
-        msg = P.decode(parts)
-    except P.ProtocolError:
-        return
-    assert msg.tensors["x"].nbytes == 16
+    outcomes = []
+    for message in (parts, [zmq.Frame(p) for p in parts]):  # the checked path, then the fast one first
+        try:
+            msg = P.decode(message)
+        except P.ProtocolError as exc:
+            outcomes.append(exc.code)
+            continue
+        assert msg.tensors["x"].nbytes == 16
+        outcomes.append("ok")
+    assert outcomes[0] == outcomes[1]
 
 
 def test_result_header_carries_latency_and_identifiers():
@@ -289,3 +329,23 @@ def test_nan_literals_in_a_header_are_malformed(monkeypatch, fast):
     with pytest.raises(P.ProtocolError) as err:
         P.decode([raw_header({"meta": {"x": float("nan")}, "tensors": []})])
     assert err.value.code == P.MALFORMED_HEADER
+
+
+def test_one_array_fast_paths_write_what_the_general_encoder_writes():
+    from stream.zmq.client import _Encoder
+
+    encoder = _Encoder()
+    for arr in (np.arange(12, dtype=np.float32).reshape(3, 4), np.zeros((2, 2, 3), np.uint8),
+                np.arange(12, dtype=np.float32).reshape(3, 4)):  # a shape seen before: its cached descriptor
+        _, parts = encoder.frame(arr, "cam", None, None, None, None)
+        header = json.loads(bytes(parts[0])[8:])
+        descriptors, buffers = P.encode_tensors({"input": arr})
+        assert header["tensors"] == descriptors
+        assert bytes(parts[1]) == bytes(buffers[0]) == arr.tobytes()
+    frame = Frame("cam", 1, 5, np.arange(6, dtype=np.int32).reshape(2, 3),
+                  {"zmq.tensor": "image", "zmq.request_id": 3, "k": 1})
+    fast = json.loads(bytes(result_parts(frame)[0])[8:])
+    general = json.loads(bytes(result_parts(frame, {"unused": "png"})[0])[8:])  # encodings: the general encoder
+    for header in (fast, general):
+        del header["t_reply_ns"], header["latency"]
+    assert fast == general and fast["tensors"][0]["name"] == "image" and fast["meta"] == {"k": 1}

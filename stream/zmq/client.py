@@ -86,6 +86,7 @@ class _Encoder:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._seq: dict[str, int] = {}
+        self._descriptors: dict[tuple, list[dict[str, Any]]] = {}  # (dtype, shape) -> the one-array descriptor
 
     def frame(self, arrays: Any, stream: str, seq: int | None, t_capture_ns: int | None,
               meta: Mapping[str, Any] | None, encoding: Mapping[str, str] | None) -> tuple[int, list[Any]]:
@@ -96,7 +97,21 @@ class _Encoder:
             seq = self._seq.get(stream, 0)
         self._seq[stream] = seq + 1
         request_id = next(self._ids)
-        descriptors, buffers = P.encode_tensors(arrays, encoding)
+        single = arrays["input"] if len(arrays) == 1 and "input" in arrays else None
+        if (single.__class__ is np.ndarray and encoding is None and single.size
+                and single.dtype in P.DTYPE_NAMES and single.flags.c_contiguous):
+            # The usual request, one raw frame: its descriptor is the same for every frame of that shape.
+            key = (single.dtype, single.shape)
+            descriptors = self._descriptors.get(key)
+            if descriptors is None:
+                if len(self._descriptors) >= 64:
+                    self._descriptors.clear()
+                descriptors = self._descriptors[key] = [
+                    {"name": "input", "dtype": P.DTYPE_NAMES[single.dtype], "shape": list(single.shape),
+                     "encoding": "raw", "nbytes": single.nbytes}]
+            buffers = [P.received_frame(single) or memoryview(single).cast("B")]
+        else:
+            descriptors, buffers = P.encode_tensors(arrays, encoding)
         header = {"request_id": request_id, "stream": stream, "seq": seq,
                   "t_capture_ns": now_ns() if t_capture_ns is None else t_capture_ns,
                   "meta": {} if meta is None else dict(meta), "tensors": descriptors}

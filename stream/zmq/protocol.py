@@ -45,7 +45,7 @@ DTYPES: dict[str, np.dtype] = {
                  "float16", "float32", "float64", "bool")
 }
 ENCODINGS = ("raw", "jpeg", "png")
-_NAMES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # dtype.name is slow on the hot path
+DTYPE_NAMES: dict[np.dtype, str] = {dt: name for name, dt in DTYPES.items()}  # dtype.name is slow on the hot path
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
@@ -163,13 +163,13 @@ def pack_header(msg_type: int, header: Mapping[str, Any], *, strict: bool = True
 
 def to_numpy(value: Any) -> np.ndarray:
     """A C-contiguous numpy array for a numpy array or torch tensor (moved to CPU)."""
-    if value.__class__ is np.ndarray and value.dtype in _NAMES and value.flags.c_contiguous:
+    if value.__class__ is np.ndarray and value.dtype in DTYPE_NAMES and value.flags.c_contiguous:
         return value  # the common case, checked first (this runs for every tensor of every message)
     if type(value).__module__.startswith("torch"):
         value = value.detach().cpu().numpy()
     arr = value if isinstance(value, np.ndarray) else np.asarray(value)
-    if arr.dtype not in _NAMES:
-        if arr.dtype.byteorder == ">" and arr.dtype.newbyteorder("<") in _NAMES:
+    if arr.dtype not in DTYPE_NAMES:
+        if arr.dtype.byteorder == ">" and arr.dtype.newbyteorder("<") in DTYPE_NAMES:
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         else:
             raise TypeError(f"dtype {arr.dtype} cannot be sent; supported: {', '.join(DTYPES)}")
@@ -226,7 +226,7 @@ def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | Non
             buf = encode_image(arr, encoding, quality)
         else:
             raise ValueError(f"encoding {encoding!r} for tensor {name!r} is unknown; use one of {ENCODINGS}")
-        descriptors.append({"name": str(name), "dtype": _NAMES[arr.dtype], "shape": list(arr.shape),
+        descriptors.append({"name": str(name), "dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape),
                             "encoding": encoding, "nbytes": len(buf)})
         buffers.append(buf)
     return descriptors, buffers
@@ -365,6 +365,59 @@ def decode(parts: Sequence[Any], limits: Limits = Limits()) -> Message:
 def decode_fields(parts: Sequence[Any], limits: Limits = Limits()
                   ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]:
     """`decode` as a plain (msg_type, header, tensors, specs) tuple, for the per-message hot paths."""
+    decoded = _decode_common(parts, limits)
+    return decoded if decoded is not None else _decode_checked(parts, limits)
+
+
+def _decode_common(parts: Sequence[Any], limits: Limits
+                   ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]] | None:
+    """The usual message in one function (a round trip runs this code cold, so fewer calls pay):
+    zmq.Frame parts, a valid prefix, raw tensors whose exact-typed descriptors were checked before.
+    Every limit is still enforced here; anything unusual returns None and `_decode_checked` decides,
+    with its error messages."""
+    n = len(parts)
+    if n == 0 or n > limits.max_tensors + 1:
+        return None
+    total = 0
+    for part in parts:
+        if part.__class__ is not _FRAME:
+            return None
+        total += len(part)
+    part0 = parts[0].bytes
+    msg_type = _PREFIX_TYPES.get(part0[:8])
+    if (msg_type is None or total > limits.max_message_bytes or len(part0) > limits.max_header_bytes
+            or len(part0) == 8 or orjson is None):
+        return None
+    try:
+        header = orjson.loads(part0[8:])
+    except ValueError:
+        return None
+    if header.__class__ is not dict:
+        return None
+    items = header.get("tensors", _NO_TENSORS)
+    if items.__class__ is not list or len(items) != n - 1:
+        return None
+    specs = []
+    tensors: dict[str, np.ndarray] = {}
+    for i, item in enumerate(items):
+        spec = _spec(item, i, limits) if item.__class__ is dict and item.get("encoding", "raw") == "raw" else None
+        if spec is None or spec.name in tensors:
+            return None
+        part = parts[i + 1]
+        if len(part) != spec.nbytes:
+            return None
+        # A view of the part's own buffer (no copy): its base is the zmq.Frame (see `received_frame`).
+        tensors[spec.name] = np.ndarray(spec.shape, DTYPES[spec.dtype], part)
+        specs.append(spec)
+    return msg_type, header, tensors, tuple(specs)
+
+
+_NO_TENSORS: list = []
+
+
+def _decode_checked(parts: Sequence[Any], limits: Limits
+                    ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]:
+    """Decode any message with every check in order, raising the specific ProtocolError."""
     if not parts:
         raise ProtocolError(PART_COUNT, "empty message; expected a header part")
     sizes = [_buffer_len(p) for p in parts]
