@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = COMMANDS[args.command]
     try:
         return handler(args)
+    except KeyboardInterrupt:  # a Ctrl-C outside the pipeline's own handling (start-up, or after the drain)
+        print(f"costream {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     except ConfigError as exc:
         print(f"costream {args.command}: {exc}", file=sys.stderr)
         return EXIT_CONFIG

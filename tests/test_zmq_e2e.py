@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -193,7 +192,7 @@ def test_stopping_the_server_still_answers_accepted_requests(tmp_path):
             for i in range(2):  # the first is held inside the node, the second waits in its queue
                 ids.append(client.send(np.full(1, i), stream="s", meta={"hold": i == 0}))
                 assert client.ping()["accepted"] == i + 1
-            srv.proc.send_signal(signal.SIGINT)  # the source stops while both requests are inside
+            srv.interrupt()  # the source stops while both requests are inside
             release.touch()
             replies = [client.recv(i) for i in ids]
     finally:

@@ -34,6 +34,7 @@ class Server:
     def __init__(self, tmp: Path, pipeline: str, endpoint: str, *args: str) -> None:
         self.log = tmp / f"server-{time.monotonic_ns()}.log"
         self.args = [sys.executable, "-m", "stream.zmq.serve", pipeline, "--endpoint", endpoint, *args]
+        self.interrupted = False
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO)
 
@@ -48,9 +49,14 @@ class Server:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"server not ready in {DEADLINE_S} s: {self.log.read_text()}") from None
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def interrupt(self) -> None:
+        """One Ctrl-C (a drain). A second one would mean "stop now", so `stop` does not repeat it."""
+        if not self.interrupted and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+            self.interrupted = True
+
+    def stop(self) -> int:
+        self.interrupt()
         try:
             return self.proc.wait(DEADLINE_S)
         except subprocess.TimeoutExpired:

@@ -166,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return run_from_args(args)
+    try:
+        return run_from_args(args)
+    except KeyboardInterrupt:  # a second Ctrl-C after the drain, while the handlers are being restored
+        print("costream serve: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
