@@ -106,10 +106,8 @@ class _Encoder:
             if descriptors is None:
                 if len(self._descriptors) >= 64:
                     self._descriptors.clear()
-                descriptors = self._descriptors[key] = [
-                    {"name": "input", "dtype": P.DTYPE_NAMES[single.dtype], "shape": list(single.shape),
-                     "encoding": "raw", "nbytes": single.nbytes}]
-            buffers = [P.received_frame(single) or memoryview(single).cast("B")]
+                descriptors = self._descriptors[key] = [P.raw_descriptor("input", single, single.nbytes)]
+            buffers = [P.raw_buffer(single)]
         else:
             descriptors, buffers = P.encode_tensors(arrays, encoding)
         header = {"request_id": request_id, "stream": stream, "seq": seq,

@@ -207,6 +207,21 @@ def received_frame(arr: np.ndarray) -> zmq.Frame | None:
     return frame
 
 
+def raw_buffer(arr: np.ndarray) -> Any:
+    """The bytes of a C-contiguous array without a copy: the received zmq.Frame it views in full (a
+    pass-through tensor), else a flat memoryview."""
+    if not arr.size:
+        return b""
+    frame = received_frame(arr)
+    return frame if frame is not None else memoryview(arr).cast("B")
+
+
+def raw_descriptor(name: str, arr: np.ndarray, nbytes: int) -> dict[str, Any]:
+    """The header entry of a raw tensor (`arr` C-contiguous, of a dtype in DTYPE_NAMES)."""
+    return {"name": name, "dtype": DTYPE_NAMES[arr.dtype], "shape": list(arr.shape), "encoding": "raw",
+            "nbytes": nbytes}
+
+
 def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | None = None,
                    quality: int = 90) -> tuple[list[dict[str, Any]], list[Any]]:
     """Tensor descriptors and buffers (no copy for `raw`: memoryviews of the arrays, or the received
@@ -217,9 +232,7 @@ def encode_tensors(arrays: Mapping[str, Any], encodings: Mapping[str, str] | Non
         arr = to_numpy(value)
         encoding = (encodings or {}).get(name, "raw")
         if encoding == "raw":
-            buf: Any = received_frame(arr) if arr.size else b""
-            if buf is None:
-                buf = memoryview(arr).cast("B")  # flat bytes of the C-contiguous array, no copy
+            buf: Any = raw_buffer(arr)
         elif encoding in ("jpeg", "png"):
             from stream.zmq.images import encode_image
 
@@ -251,16 +264,8 @@ def _check_int(value: Any, what: str) -> int:
 
 
 def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
-    """Check the 8-byte prefix and parse the JSON header; returns (message type, header)."""
-    msg_type = _PREFIX_TYPES.get(part0[:8]) if part0.__class__ is bytes else None  # usual: a valid prefix
-    if msg_type is not None and len(part0) <= limits.max_header_bytes:
-        try:
-            header = _loads(part0[8:]) if len(part0) > 8 else {}
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError(MALFORMED_HEADER, f"header JSON does not parse: {exc}") from None
-        if header.__class__ is not dict:
-            raise ProtocolError(MALFORMED_HEADER, f"header JSON must be an object, got {type(header).__name__}")
-        return msg_type, header
+    """Check the 8-byte prefix and parse the JSON header; returns (message type, header).
+    (The usual message never gets here: `_decode_common` reads its prefix inline.)"""
     if len(part0) > limits.max_header_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"header is {len(part0)} bytes; the limit is "
                             f"{limits.max_header_bytes} (max_header_bytes)")

@@ -46,9 +46,8 @@ def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quali
     data = frame.data
     if data.__class__ is np.ndarray and not encodings and data.dtype in P.DTYPE_NAMES and data.flags.c_contiguous:
         # The usual reply, one raw array, without the general encoder's loop (this runs cold, per request).
-        buf: Any = (P.received_frame(data) or memoryview(data).cast("B")) if data.size else b""
-        descriptors = [{"name": str(meta.get("zmq.tensor", "output")), "dtype": P.DTYPE_NAMES[data.dtype],
-                        "shape": list(data.shape), "encoding": "raw", "nbytes": len(buf)}]
+        buf = P.raw_buffer(data)
+        descriptors = [P.raw_descriptor(str(meta.get("zmq.tensor", "output")), data, len(buf))]
         buffers = [buf]
     else:
         descriptors, buffers = P.encode_tensors(frame_arrays(frame), encodings, quality)
