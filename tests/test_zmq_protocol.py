@@ -158,8 +158,10 @@ def test_size_limits_are_checked(as_frames):
 ])
 def test_fast_and_checked_decoding_agree_on_valid_messages(arrays):
     parts = [zmq.Frame(p) for p in frame_parts(arrays, meta={"k": [1, 2]}, request_id=9)]
-    fast = P._decode_common(parts, P.Limits())
-    checked = P._decode_checked(parts, P.Limits())
+    limits = P.Limits()
+    assert P._decode_common(parts, limits) is None  # descriptors never seen: the checked path decides
+    checked = P._decode_checked(parts, limits)
+    fast = P._decode_common(parts, limits)  # ... and remembers them for these limits
     assert fast is not None
     assert fast[0] == checked[0] and fast[1] == checked[1] and fast[3] == checked[3]
     assert fast[2].keys() == checked[2].keys() == arrays.keys()
@@ -256,15 +258,19 @@ def test_a_pass_through_tensor_is_sent_as_the_received_zmq_frame_and_views_are_n
         assert bytes(out[0]) == np.ascontiguousarray(view).tobytes()
 
 
-def test_cached_descriptors_never_let_a_lookalike_through():
+@pytest.mark.parametrize("as_frames", [False, True], ids=["bytes", "frames"])  # frames: the fast path too
+def test_cached_descriptors_never_let_a_lookalike_through(as_frames):
     # A valid (2, 3) uint8 descriptor is remembered; values equal to it as dict keys (True == 1, 3.0 == 3)
     # or a different limit must still meet the full checks.
-    good = [raw_header({"tensors": [tensor(shape=(2, 3), nbytes=6)]}), bytes(6)]
+    wrap_parts = (lambda parts: [zmq.Frame(p) for p in parts]) if as_frames else list
+    good = wrap_parts([raw_header({"tensors": [tensor(shape=(2, 3), nbytes=6)]}), bytes(6)])
     for _ in range(2):
         assert P.decode(good).tensors["x"].shape == (2, 3)
+    if as_frames:
+        assert P._decode_common(good, P.decode.__defaults__[0]) is not None  # remembered by the default limits
     for shape, nbytes, code in (([2, 3.0], 6, P.MALFORMED_HEADER), ([True, 6], 6, P.MALFORMED_HEADER),
                                 ([2, 3], True, P.MALFORMED_HEADER), ([2, 3], 6.0, P.MALFORMED_HEADER)):
-        bad = [raw_header({"tensors": [{**tensor(), "shape": shape, "nbytes": nbytes}]}), bytes(6)]
+        bad = wrap_parts([raw_header({"tensors": [{**tensor(), "shape": shape, "nbytes": nbytes}]}), bytes(6)])
         with pytest.raises(P.ProtocolError) as err:
             P.decode(bad)
         assert err.value.code == code, (shape, nbytes)
@@ -272,8 +278,8 @@ def test_cached_descriptors_never_let_a_lookalike_through():
         P.decode(good, P.Limits(max_tensor_bytes=5))
     assert err.value.code == P.TENSOR_TOO_LARGE
     with pytest.raises(P.ProtocolError) as err:  # the same descriptor at another index names that index
-        P.decode([raw_header({"tensors": [tensor(name="a"), tensor(shape=(2, 3), nbytes=6, dtype="bogus")]}),
-                  bytes(6), bytes(6)])
+        P.decode(wrap_parts([raw_header({"tensors": [tensor(name="a"), tensor(shape=(2, 3), nbytes=6, dtype="bogus")]}),
+                             bytes(6), bytes(6)]))
     assert "tensors[1]" in err.value.message
 
 

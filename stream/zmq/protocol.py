@@ -20,7 +20,6 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -104,8 +103,10 @@ class Limits:
                      "max_header_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"limit {name} must be a positive integer, got {getattr(self, name)!r}")
-        # Hashed once: every decoded tensor descriptor looks its checked spec up with the limits.
         object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
+        # Descriptors already checked against these limits -> their spec (see `_spec`): a stream of
+        # messages repeats the same few descriptors. Bounded; errors are never cached.
+        object.__setattr__(self, "_specs", {})
 
     def __hash__(self) -> int:
         return self._hash
@@ -337,29 +338,42 @@ def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
     return TensorSpec(name, dtype, tuple(shape), encoding, nbytes)
 
 
-@lru_cache(maxsize=256)
-def _checked_spec(name: str, dtype: str, shape: tuple[int, ...], encoding: str, nbytes: int, index: int,
-                  limits: Limits) -> TensorSpec:
-    """`_tensor_spec` for a descriptor of exact types, remembered: a stream of messages repeats the
-    same few (name, dtype, shape) descriptors, and errors are raised again (exceptions are not cached)."""
-    return _tensor_spec({"name": name, "dtype": dtype, "shape": list(shape), "encoding": encoding,
-                         "nbytes": nbytes}, index, limits)
+_SPEC_CACHE_SIZE = 256
+_INT_ONLY = {int}
+
+
+def _spec_key(item: dict, limits: Limits) -> tuple | None:
+    """The cache key of a descriptor whose fields have exact types (str names, int sizes), else None:
+    `True` or `2.0` equal 1 and 2 as dict keys, so they must meet the full checks every time."""
+    name = item.get("name")
+    dtype = item.get("dtype")
+    encoding = item.get("encoding", "raw")
+    shape = item.get("shape")
+    nbytes = item.get("nbytes")
+    if (name.__class__ is str and dtype.__class__ is str and encoding.__class__ is str
+            and nbytes.__class__ is int and shape.__class__ is list and len(shape) <= limits.max_dims
+            and (not shape or set(map(type, shape)) == _INT_ONLY)):
+        return (name, dtype, tuple(shape), encoding, nbytes)
+    return None
+
+
+def _remember(key: tuple | None, index: int, spec: TensorSpec, limits: Limits) -> TensorSpec:
+    if key is not None:
+        cache = limits._specs
+        if len(cache) >= _SPEC_CACHE_SIZE:
+            cache.clear()
+        cache[key + (index,)] = spec
+    return spec
 
 
 def _spec(item: Any, index: int, limits: Limits) -> TensorSpec:
-    """The validated spec of one descriptor; only exact str/int fields take the cached path (so that
-    `True` or `2.0`, equal to 1 and 2 as dict keys, still meet the full checks)."""
-    if item.__class__ is dict:
-        name = item.get("name")
-        dtype = item.get("dtype")
-        encoding = item.get("encoding", "raw")
-        shape = item.get("shape")
-        nbytes = item.get("nbytes")
-        if (name.__class__ is str and dtype.__class__ is str and encoding.__class__ is str
-                and nbytes.__class__ is int and shape.__class__ is list and len(shape) <= limits.max_dims
-                and not [d for d in shape if d.__class__ is not int]):
-            return _checked_spec(name, dtype, tuple(shape), encoding, nbytes, index, limits)
-    return _tensor_spec(item, index, limits)
+    """The validated spec of one descriptor, remembered per Limits for exact-typed descriptors."""
+    key = _spec_key(item, limits) if item.__class__ is dict else None
+    if key is not None:
+        spec = limits._specs.get(key + (index,))
+        if spec is not None:
+            return spec
+    return _remember(key, index, _tensor_spec(item, index, limits), limits)
 
 
 def decode(parts: Sequence[Any], limits: Limits = Limits()) -> Message:
@@ -404,9 +418,19 @@ def _decode_common(parts: Sequence[Any], limits: Limits
         return None
     specs = []
     tensors: dict[str, np.ndarray] = {}
+    known = limits._specs
     for i, item in enumerate(items):
-        spec = _spec(item, i, limits) if item.__class__ is dict and item.get("encoding", "raw") == "raw" else None
-        if spec is None or spec.name in tensors:
+        # Only descriptors checked before (cached by `_decode_checked`) and raw: a dict lookup on their
+        # exact fields (a shape of ints, no bools) is the whole check.
+        if item.__class__ is not dict:
+            return None
+        shape = item.get("shape")
+        nbytes = item.get("nbytes")
+        if (shape.__class__ is not list or nbytes.__class__ is not int  # (True == 1, 1.0 == 1 as keys)
+                or (shape and set(map(type, shape)) != _INT_ONLY)):
+            return None
+        spec = known.get((item.get("name"), item.get("dtype"), tuple(shape), item.get("encoding", "raw"), nbytes, i))
+        if spec is None or spec.encoding != "raw" or spec.name in tensors:
             return None
         part = parts[i + 1]
         if len(part) != spec.nbytes:
