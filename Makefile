@@ -15,5 +15,6 @@ bench: setup
 	.venv/bin/python benchmarks/operators_vs_offline.py
 	.venv/bin/python benchmarks/operators_vs_continual_inference.py
 	.venv/bin/python benchmarks/models_vs_offline.py
+	.venv/bin/python benchmarks/models_multistream.py
 	.venv/bin/python benchmarks/zmq_roundtrip.py
 	.venv/bin/python benchmarks/roofline.py

@@ -1,0 +1,144 @@
+"""Many streams through one continual-model node: batched steps keep their state as rows of a
+persistent batched state (no split/stack per step) and still equal stepping each stream alone."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import operators.nodes.base as node_base
+from operators import continual
+from operators.nodes.base import ContinualModelNode
+from stream.frame import Frame
+from stream.node import NodeContext
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+C, H, W = 2, 5, 5
+
+
+class TinyVideoNode(ContinualModelNode):
+    """A continual Conv3d stack with a temporal stride (streams fall into two phases)."""
+
+    def build_model(self):
+        torch.manual_seed(0)
+        offline = nn.Sequential(nn.Conv3d(C, 4, (3, 3, 3), padding=(0, 1, 1)), nn.ReLU(),
+                                nn.Conv3d(4, 3, (2, 3, 3), stride=(2, 1, 1), padding=(0, 1, 1)))
+        return continual(offline)
+
+    def input_tensor(self, frame: Frame) -> torch.Tensor:
+        return frame.data
+
+    def output_data(self, frame: Frame, y: torch.Tensor):
+        return {"y": y.clone()}
+
+
+def node() -> TinyVideoNode:
+    n = TinyVideoNode()
+    n.setup(NodeContext(name="tiny", device="cpu"))
+    return n
+
+
+def clips(streams: list[str], length: int) -> dict[str, list[Frame]]:
+    gen = torch.Generator().manual_seed(1)
+    return {s: [Frame(s, t, t, torch.randn(C, H, W, generator=gen)) for t in range(length)] for s in streams}
+
+
+def alone(frames: dict[str, list[Frame]]) -> dict[tuple[str, int], torch.Tensor]:
+    out = {}
+    for s, seq in frames.items():
+        n = node()
+        for f in seq:
+            out.update({(r.stream, r.seq): r.data["y"] for r in n.process(f)})
+    return out
+
+
+def test_streams_joining_leaving_and_restarting_equal_each_alone():
+    streams = ["cam0", "cam1", "cam2", "cam3"]
+    length = 24
+    frames = clips(streams, length)
+    expected = alone(frames)
+    # Rounds as the runtime hands them over: all cameras together, some missing, one late start,
+    # one camera twice in a call; random but fixed.
+    rng = random.Random(3)
+    n = node()
+    cursor = {s: 0 for s in streams}
+    cursor["cam3"] = -5  # starts 5 rounds later: another phase and another ring position
+    got = {}
+    while any(c < length for c in cursor.values()):
+        batch = []
+        for s in streams:
+            for _ in range(rng.choice([0, 1, 1, 1, 1, 2])):
+                if 0 <= cursor[s] < length:
+                    batch.append(frames[s][cursor[s]])
+                cursor[s] += 1
+        for r in n.process_batch(batch):
+            got[(r.stream, r.seq)] = r.data["y"]
+    assert got.keys() == expected.keys()
+    for key, y in expected.items():
+        torch.testing.assert_close(got[key], y, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+def test_a_gap_resets_only_that_stream():
+    frames = clips(["a", "b"], 12)
+    reference = node()
+    ref = {t: reference.process(frames["a"][t]) for t in range(12)}
+    t_out = next(t for t in range(8, 12) if ref[t])  # a step of `a` that emits (stride 2)
+    n = node()
+    for t in range(t_out):
+        n.process_batch([frames["a"][t], frames["b"][t]])
+    # b jumps ahead (a gap): its state starts afresh while `a` keeps its row of the batched state
+    out = n.process_batch([frames["a"][t_out], Frame("b", 40, 0, frames["b"][0].data)])
+    assert [f.stream for f in out] == ["a"]
+    torch.testing.assert_close(out[0].data["y"], ref[t_out][0].data["y"], rtol=1e-5, atol=1e-6)
+    fresh = node()
+    fresh_out = [fresh.process(Frame("b", t, 0, frames["b"][t - 40].data)) for t in range(40, 48)]
+    again = [n.process(Frame("b", t, 0, frames["b"][t - 40].data)) for t in range(41, 48)]
+    assert [len(o) for o in again] == [len(o) for o in fresh_out[1:]]  # b warms up like a new stream
+    for mine, theirs in zip(again, fresh_out[1:]):
+        for f, g in zip(mine, theirs):
+            torch.testing.assert_close(f.data["y"], g.data["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_cameras_arriving_together_step_their_batched_state_without_copies(monkeypatch):
+    streams = [f"cam{i}" for i in range(4)]
+    frames = clips(streams, 10)
+    n = node()
+    for t in range(4):  # warm-up: states are gathered once
+        n.process_batch([frames[s][t] for s in streams])
+    calls = {"stack": 0, "select": 0}
+    real_stack, real_select = node_base.stack_states, node_base.select_streams
+
+    def counting_stack(states):
+        calls["stack"] += 1
+        return real_stack(states)
+
+    def counting_select(state, index):
+        calls["select"] += 1
+        return real_select(state, index)
+
+    monkeypatch.setattr(node_base, "stack_states", counting_stack)
+    monkeypatch.setattr(node_base, "select_streams", counting_select)
+    emitted = 0
+    for t in range(4, 8):  # the same cameras each round, in shuffled arrival order
+        order = streams[t % 4:] + streams[:t % 4]
+        out = n.process_batch([frames[s][t] for s in order])
+        if out:  # (every other step: the temporal stride is 2)
+            assert [f.stream for f in out] == order  # outputs keep the arrival order
+            emitted += 1
+    assert emitted == 2 and calls == {"stack": 0, "select": 0}
+    n.process_batch([frames[s][8] for s in streams[:3]])  # one camera missing: its rows are gathered
+    assert calls["select"] == 3 and calls["stack"] == 1
+
+
+def test_multistream_benchmark_runs_quick(tmp_path):
+    from bench_loader import load_benchmark
+
+    bench = load_benchmark("models_multistream")
+    out = tmp_path / "multistream.json"
+    assert bench.main(["--quick", "--only", "CoST-GCN*", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["case"] == "CoST-GCN*" and row["streams"] == 2
+    assert all(row[f"{k}_ms"] > 0 for k in ("alone", "split", "node"))
