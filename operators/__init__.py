@@ -57,6 +57,7 @@ from operators.pool import (
 )
 from operators.positional import LearnedPositionalEncoding, RecyclingPositionalEncoding
 from operators.state import (
+    align_positions,
     clone_state,
     drop_streams,
     reset_streams,
@@ -129,6 +130,7 @@ __all__ = [
     "Tanh",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    "align_positions",
     "capture_step",
     "clone_state",
     "continual",

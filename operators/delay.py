@@ -36,7 +36,7 @@ class RingState:
     buffer: Optional[Tensor]
     pos: Tensor
     count: int
-    at: Optional[int] = position_hint("pos")
+    at: Optional[int] = position_hint("pos", ring="buffer")
 
 
 def graph_capturing(like: Tensor) -> bool:

@@ -33,11 +33,18 @@ from torch import Tensor
 
 
 _HINT_KEY = "costream_position_hint"
+_RING_KEY = "costream_position_ring"
 
 
-def position_hint(tensor_field: str, default: int | None = None) -> Any:
-    """A dataclass field holding the host-side hint of the position tensor `tensor_field` (see above)."""
-    return dataclasses.field(default=default, metadata={_HINT_KEY: tensor_field})
+def position_hint(tensor_field: str, default: int | None = None, ring: str | None = None) -> Any:
+    """A dataclass field holding the host-side hint of the position tensor `tensor_field` (see above).
+
+    `ring` names the ring-buffer field (B, L, ...) that the position indexes along dim 1, read only
+    relative to the position: then `align_positions` may rotate it to another slot."""
+    metadata = {_HINT_KEY: tensor_field}
+    if ring is not None:
+        metadata[_RING_KEY] = ring
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def is_position_hint(field: dataclasses.Field) -> bool:
@@ -196,6 +203,50 @@ def _restore_hints(state: Any) -> None:
                 positions = set(pos.tolist())
                 if len(positions) == 1:
                     object.__setattr__(state, f.name, positions.pop())
+
+
+def align_positions(states: Sequence[Any]) -> list[Any]:
+    """The states with each ring rotated to the write position of the first state's ring, so that
+    they stack with a common position hint (the fast slice path) instead of per-stream indexing.
+
+    Streams that started at different times sit at different slots of their rings; a ring is read
+    relative to its position, so rotating it (and moving the position with it) changes no future
+    output. Rings are rotated only where both positions are known on the host (hints); rotated rings
+    are new tensors, the others are shared with the input. The inputs are left unchanged."""
+    states = list(states)
+    if len(states) < 2:
+        return states
+    return [states[0]] + [_align(s, states[0]) for s in states[1:]]
+
+
+def _align(state: Any, ref: Any) -> Any:
+    if isinstance(state, (tuple, list)):
+        return type(state)(_align(s, r) for s, r in zip(state, ref))
+    if not _is_state(state) or not _is_state(ref) or type(state) is not type(ref):
+        return state
+    changes: dict[str, Any] = {}
+    handled: set[str] = set()
+    for f in dataclasses.fields(state):
+        ring_field = f.metadata.get(_RING_KEY)
+        if ring_field is None:
+            continue
+        pos_field = f.metadata[_HINT_KEY]
+        handled.update((f.name, pos_field, ring_field))
+        mine, target = getattr(state, f.name), getattr(ref, f.name)
+        if mine is None or target is None or mine == target:
+            continue
+        ring, pos = getattr(state, ring_field), getattr(state, pos_field)
+        if ring is not None:  # (None: all zeros, the same at every slot)
+            changes[ring_field] = torch.roll(ring, shifts=target - mine, dims=1)  # slot `mine` -> `target`
+        changes[pos_field] = torch.full_like(pos, target)
+        changes[f.name] = target
+    for f in dataclasses.fields(state):
+        if f.name not in handled:
+            value = getattr(state, f.name)
+            aligned = _align(value, getattr(ref, f.name))
+            if aligned is not value:
+                changes[f.name] = aligned
+    return dataclasses.replace(state, **changes) if changes else state
 
 
 def split_state(state: Any) -> list[Any]:

@@ -142,3 +142,29 @@ def test_multistream_benchmark_runs_quick(tmp_path):
     (row,) = json.loads(out.read_text())["rows"]
     assert row["case"] == "CoST-GCN*" and row["streams"] == 2
     assert all(row[f"{k}_ms"] > 0 for k in ("alone", "split", "node"))
+
+
+def test_streams_started_apart_step_on_one_ring_position_once_batched():
+    from operators.state import position_hints
+
+    frames = clips(["a", "b"], 16)
+    expected = alone(frames)
+    n = node()
+    got = {}
+    for t in range(4):  # `a` starts 4 frames earlier: the same stride phase, other ring slots
+        got.update({(r.stream, r.seq): r.data["y"] for r in n.process(frames["a"][t])})
+    shared = 0
+    for t in range(12):
+        for r in n.process_batch([frames["a"][t + 4], frames["b"][t]]):
+            got[(r.stream, r.seq)] = r.data["y"]
+        batch = n.states._entries["a"].state.batch
+        if n.states._entries["b"].state.batch is batch:  # once b is past its warm-up: one batch
+            shared += 1
+            hints = position_hints(batch)
+            assert hints and all(h is not None for h, _ in hints)  # the slice path, no per-stream indexing
+        else:
+            assert not shared  # and they stay together
+    assert shared >= 8
+    for key, y in got.items():
+        torch.testing.assert_close(y, expected[key], rtol=1e-5, atol=1e-6)
+    assert len(got) > 8

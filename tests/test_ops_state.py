@@ -219,6 +219,50 @@ def test_stacking_keeps_a_common_position_and_drops_differing_ones(lengths):
         assert part.at == int(part.pos)
 
 
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_streams_started_at_different_times_align_to_one_position(case):
+    """align_positions rotates each stream's rings to the first stream's slot: the stack then keeps a
+    common hint, and every later output equals each stream stepped alone without rotation."""
+    _, co, shape = case.make()
+    lengths = (3, 4, 5, 7, 8, 11)
+    extra = 6
+    clip = _clip((len(lengths), shape[1], max(lengths) + extra, *shape[3:]), seed=5)
+    with torch.no_grad():
+        states = []
+        for i, n in enumerate(lengths):  # stream i has seen n frames
+            state = co.init_state(1)
+            for t in range(n):
+                _, state = co.step(clip[i : i + 1, :, t], state)
+            states.append(state)
+        by_phase: dict = {}
+        for i, state in enumerate(states):
+            by_phase.setdefault(O.state_phase(state), []).append(i)
+        members = max(by_phase.values(), key=len)  # streams that may share a batch
+        picked = [O.clone_state(states[i]) for i in members]
+        aligned = O.align_positions(picked)
+        for before, after in zip(picked, [O.clone_state(s) for s in picked]):  # inputs untouched
+            for (h0, p0), (h1, p1) in zip(position_hints(before), position_hints(after)):
+                assert h0 == h1 and torch.equal(p0, p1)
+        stacked = O.stack_states(aligned)
+        hints = position_hints(stacked)
+        if len(members) > 1 and hints:
+            assert all(h is not None for h, _ in hints), "aligned streams must keep a common position"
+        assert _hints_match_tensors(stacked)
+        alone = [states[i] for i in members]
+        batched = stacked
+        for k in range(extra):
+            x = torch.cat([clip[i : i + 1, :, lengths[i] + k] for i in members])
+            y, batched = co.step(x, batched)
+            for j, i in enumerate(members):
+                y_alone, alone[j] = co.step(clip[i : i + 1, :, lengths[i] + k], alone[j])
+                assert (y is None) == (y_alone is None)
+                if y is not None:
+                    ys = y if isinstance(y, tuple) else (y,)
+                    ya = y_alone if isinstance(y_alone, tuple) else (y_alone,)
+                    for a, b in zip(ys, ya):
+                        torch.testing.assert_close(a[j : j + 1], b, **TOL)
+
+
 def test_reset_streams_drops_hints_and_old_saves_load_without_them():
     co, states = _conv_streams([4, 4, 4])
     stacked = O.stack_states(states)

@@ -7,7 +7,8 @@ whose states are in the same phase share one batched step.
 
 The batched state outlives the step: each stream keeps a handle to its row (`_Row`) instead of a
 copy split off it, so cameras that keep arriving together step the same batched state again with no
-copy at all. Rows are gathered into a new batch (one copy) only when the set of streams changes.
+copy at all. Rows are gathered into a new batch (one copy) only when the set of streams changes,
+and their rings are then rotated to one common slot, so that the batch steps on the slice path.
 Splitting and re-stacking every step cost more than the step itself for CoX3D at 8 streams.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor
 
 from operators.base import ContinualModule
-from operators.state import select_streams, stack_states, state_phase
+from operators.state import align_positions, select_streams, stack_states, state_phase
 from stream.frame import Frame
 from stream.node import NodeContext, Operator
 from stream.state import StreamStates
@@ -50,7 +51,11 @@ def _batch_for(rows: list[_Row]) -> tuple[Any, list[int]]:
     if first.size == len(rows) and all(row.batch is first.batch for row in rows):
         return first.batch, sorted(range(len(rows)), key=lambda k: rows[k].index)
     states = [row.alone() for row in rows]
-    return (states[0] if len(states) == 1 else stack_states(states)), list(range(len(rows)))
+    if len(states) == 1:
+        return states[0], [0]
+    # Streams that started at different times sit at different ring slots: rotate them to one slot
+    # (once, here) so that the batch keeps a common position and steps on the slice path.
+    return stack_states(align_positions(states)), list(range(len(rows)))
 
 
 @dataclass(frozen=True)
