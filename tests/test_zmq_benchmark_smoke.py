@@ -1,0 +1,24 @@
+"""benchmarks/zmq_roundtrip.py --quick: real `costream serve` and echo processes, two runs aggregated
+(no timing checks: performance is measured by the benchmark itself, not asserted in tests)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench_loader import load_benchmark
+
+
+@pytest.mark.slow
+def test_quick_runs_aggregate_to_a_median(tmp_path, capsys):
+    bench = load_benchmark("zmq_roundtrip")
+    out = tmp_path / "zmq.json"
+    assert bench.main(["--quick", "--runs", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert len(data["runs"]) == 2 and set(data["results"]) == set(bench.PAYLOADS)
+    for label, row in data["results"].items():
+        ratios = sorted(run[label]["ours_ratio_p50"] for run in data["runs"])
+        assert row["ours_ratio_p50"] == pytest.approx((ratios[0] + ratios[1]) / 2)
+        assert row["n"] == 60 and row["raw_p50_us"] > 0
+    printed = capsys.readouterr().out
+    assert "run 2/2" in printed and "runs meeting the goal" in printed
