@@ -476,6 +476,8 @@ class LocalExecutor:
             out = as_frames(result)
         except TypeError as exc:
             return self._on_error(worker, frame, exc)
+        if worker.ends_unanswered:
+            self._tell_ended(worker, [frame], out)
         m.frames_out += len(out)
         for item in out:
             self._emit(worker, item, t1)
@@ -528,6 +530,8 @@ class LocalExecutor:
                 keep_going = self._on_error(worker, frame, exc) and keep_going
             return keep_going
         t1 = now_ns()
+        if worker.ends_unanswered:
+            self._tell_ended(worker, frames, out)
         m.service_ns.append(t1 - t0)
         m.batches += 1
         m.frames_out += len(out)
@@ -564,7 +568,7 @@ class LocalExecutor:
         """Count, log and record a failure; returns False if the node must stop (policy `stop`)."""
         fatal = force_fatal or worker.spec.on_error is ErrorPolicy.STOP
         record = self._record(worker, frame, exc, count=frame is not None)
-        if frame is not None and frame.trace:
+        if frame is not None:
             self._tell_source(frame, worker.spec.name, exc)
         if fatal:
             with self._errors_lock:
@@ -577,15 +581,31 @@ class LocalExecutor:
             return False
         return frame is not None  # a source cannot resume a frames() iterator that raised
 
-    def _tell_source(self, frame: Frame, node: str, exc: BaseException) -> None:
-        """Let the source that produced `frame` (the first trace stamp) react to its failure."""
+    def _tell_source(self, frame: Frame, node: str, exc: BaseException | None) -> None:
+        """Let the source that produced `frame` (the first trace stamp) react to its failure in `node`
+        (`exc`), or to its end there without output (`exc` None)."""
+        if not frame.trace:
+            return
         origin = self._workers.get(frame.trace[0][0])
         if origin is None or origin.spec.role != "source" or origin is self._workers.get(node):
             return
         try:
-            origin.node.frame_failed(frame, node, exc)
-        except Exception as hook_exc:  # the hook must never take the failing node down with it
-            log.error("source %r failed in frame_failed(): %s", origin.spec.name, hook_exc)
+            if exc is None:
+                origin.node.frame_ended(frame, node)
+            else:
+                origin.node.frame_failed(frame, node, exc)
+        except Exception as hook_exc:  # the hook must never take the node down with it
+            log.error("source %r failed in %s(): %s", origin.spec.name,
+                      "frame_ended" if exc is None else "frame_failed", hook_exc)
+
+    def _tell_ended(self, worker: Worker, frames: list[Frame], out: list[Frame]) -> None:
+        """The inputs of an `outputs_follow_inputs` operator that got no output in this call."""
+        if len(frames) == 1 and out and out[0].stream == frames[0].stream and out[0].seq == frames[0].seq:
+            return  # the usual case: one input, its output
+        answered = {(f.stream, f.seq) for f in out}
+        for frame in frames:
+            if (frame.stream, frame.seq) not in answered:
+                self._tell_source(frame, worker.name, None)
 
     def _record(self, worker: Worker, frame: Frame | None, exc: BaseException, count: bool) -> ErrorRecord:
         stream, seq = (frame.stream, frame.seq) if frame is not None else (None, None)

@@ -110,6 +110,15 @@ class Source(Node):
         with an error at once instead of letting the requester time out; others need not override it.
         """
 
+    def frame_ended(self, frame: Frame, node: str) -> None:
+        """A frame this source produced ended in operator `node` without any output, and never will
+        get one there (see `Operator.outputs_follow_inputs`): a continual model filling its receptive
+        field, or between the outputs of a temporal stride.
+
+        Called from that node's thread. Sources that answer requests (a ZeroMQ router) reply at once
+        ("no output yet") instead of letting the requester time out; others need not override it.
+        """
+
     @property
     def native_rate_hz(self) -> float | None:
         """The sensor's own frame rate once set up (a video file's fps), used by `rate_hz: native`."""
@@ -130,6 +139,11 @@ class Operator(Node):
     """
 
     role = "operator"
+    # True when each output belongs to the input of the same (stream, seq) and is emitted by the call
+    # that got that input (`frame.derive`), so an input left without output in that call never gets
+    # one: the runtime then tells the frame's source at once (`Source.frame_ended`). Leave it False
+    # for operators that hold frames back and emit them later.
+    outputs_follow_inputs: ClassVar[bool] = False
 
     def process(self, frame: Frame) -> Frame | Iterable[Frame] | None:
         raise NotImplementedError(f"{type(self).__name__} must implement process(frame)")

@@ -39,6 +39,8 @@ class Worker:
         self.name = spec.name  # hot-path copies of spec fields (spec.role is a property)
         self.is_sink = spec.role == "sink"
         self.node = node
+        # an operator whose input left without output in a call never gets one (Operator.outputs_follow_inputs)
+        self.ends_unanswered = bool(getattr(node, "outputs_follow_inputs", False)) and not self.is_sink
         self.device = device
         self.metrics = NodeMetrics(spec.name, spec.role)
         self.inbox: Inbox | None = Inbox(spec.name) if spec.inputs else None

@@ -728,3 +728,52 @@ def test_the_source_of_a_failed_frame_is_told_which_node_failed():
     failed = report.nodes["flaky"].failed
     assert failed > 0 and [(seq, node) for seq, node, _ in src.failures] == [
         (e.seq, "flaky") for e in report.errors]
+
+
+class EndsSource(ListSource):
+    """Records the frames the runtime says ended in a node without output."""
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.ended: list[tuple[str, int, str]] = []
+        self._ended_lock = threading.Lock()
+
+    def frame_ended(self, frame: Frame, node: str) -> None:
+        with self._ended_lock:
+            self.ended.append((frame.stream, frame.seq, node))
+
+
+class EveryThird(Operator):
+    """Emits (derived from the input) only for every third seq; declares that it never emits later."""
+
+    outputs_follow_inputs = True
+
+    def process(self, frame: Frame):
+        return frame.derive(frame.data) if frame.seq % 3 == 2 else None
+
+
+class EveryThirdHolding(EveryThird):
+    """The same outputs, but without the declaration (it might emit held frames later)."""
+
+    outputs_follow_inputs = False
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_frames_ending_without_output_are_reported_to_their_source(max_batch):
+    spec = pipeline_spec(node_spec("src", EndsSource, EndsSource.Params(list(range(9)))),
+                         node_spec("thin", EveryThird, inputs=["src"],
+                                   max_batch=max_batch),
+                         node_spec("sink", CollectSink, inputs=["thin"]))
+    ex = LocalExecutor(spec)
+    ex.run()
+    assert sorted(ex.nodes["src"].ended) == [("src", s, "thin") for s in range(9) if s % 3 != 2]
+    assert [f.seq for f in ex.nodes["sink"].frames] == [2, 5, 8]
+
+
+def test_operators_that_may_emit_later_are_not_reported():
+    spec = pipeline_spec(node_spec("src", EndsSource, EndsSource.Params(list(range(9)))),
+                         node_spec("thin", EveryThirdHolding, inputs=["src"]),
+                         node_spec("sink", CollectSink, inputs=["thin"]))
+    ex = LocalExecutor(spec)
+    ex.run()
+    assert ex.nodes["src"].ended == []

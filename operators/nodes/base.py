@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +41,16 @@ class _Row:
     def alone(self) -> Any:
         """This stream's state as a batch of one (a copy unless it is one already)."""
         return self.batch if self.size == 1 else select_streams(self.batch, [self.index])
+
+
+def as_tensor(value: Any) -> Tensor | None:
+    """Frame data as a tensor: a tensor as it is, a numpy array (a ZeroMQ request, a file reader) as a
+    tensor, copied when read-only (received ZeroMQ buffers are); None for anything else."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value if value.flags.writeable else value.copy())
+    return None
 
 
 def _batch_for(rows: list[_Row]) -> tuple[Any, list[int]]:
@@ -71,6 +82,9 @@ class ContinualModelNode(Operator):
     """Subclasses implement `build_model`, `input_tensor` and `output_data`."""
 
     Params = ModelNodeParams
+    # a step's output belongs to the frame just stepped: a frame without one (the receptive field is
+    # still filling, or between the outputs of a temporal stride) never gets one later
+    outputs_follow_inputs = True
 
     def build_model(self) -> ContinualModule:
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from operators.base import ContinualModule
-from operators.nodes.base import ContinualModelNode, ModelNodeParams
+from operators.nodes.base import ContinualModelNode, ModelNodeParams, as_tensor
 from stream.frame import Frame
 from stream.registry import register
 
@@ -25,13 +25,13 @@ _NTU_LABELSETS = {60: "ntu60", 120: "ntu120"}
 def _frame_tensor(frame: Frame, key: str, shape: tuple[int, ...], node: str, producer: str) -> Tensor:
     """`frame.data[key]` as a float tensor of `shape`, or an error naming what was expected."""
     data = frame.data
-    if not isinstance(data, dict) or key not in data:
+    x = as_tensor(data.get(key) if isinstance(data, dict) else data)
+    if x is None:
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(
-            f"node {node!r} expects frames whose data is a dict with key {key!r} (from {producer}); "
-            f"frame {frame.key} has {got}"
+            f"node {node!r} expects frames whose data is a dict with key {key!r} (from {producer}), or that "
+            f"tensor or numpy array alone; frame {frame.key} has {got}"
         )
-    x = torch.as_tensor(data[key])
     if tuple(x.shape) != shape:
         raise ValueError(
             f"node {node!r} expects data[{key!r}] of shape {shape}, frame {frame.key} has {tuple(x.shape)}"

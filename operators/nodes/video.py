@@ -18,7 +18,7 @@ from operators.base import ContinualModule
 from operators.models.cox3d import CoX3D
 from operators.models.weights import load_weights
 from operators.models.x3d import SIZES, X3DConfig
-from operators.nodes.base import ContinualModelNode, ModelNodeParams
+from operators.nodes.base import ContinualModelNode, ModelNodeParams, as_tensor
 from stream.frame import Frame
 from stream.registry import register
 
@@ -74,12 +74,18 @@ class CoX3DNode(ContinualModelNode):
 
     def input_tensor(self, frame: Frame) -> Tensor:
         data = frame.data
-        x = data.get("video") if isinstance(data, dict) else data
-        if not isinstance(x, Tensor):
+        x = as_tensor(data.get("video") if isinstance(data, dict) else data)
+        if x is None:
             raise TypeError(
-                f"node {self.name!r} (cox3d) expects frame data {{'video': float32 tensor (3, H, W)}} from a "
-                f"video source; stream {frame.stream!r} seq {frame.seq} has {type(data).__name__}"
-                + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
+                f"node {self.name!r} (cox3d) expects frame data {{'video': float32 tensor (3, H, W)}} (or that "
+                f"tensor or numpy array alone) from a video source; stream {frame.stream!r} seq {frame.seq} has "
+                f"{type(data).__name__}" + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
+            )
+        if not x.is_floating_point():
+            raise TypeError(
+                f"node {self.name!r} ({self.model_name}) expects normalised float frames, as the video source's "
+                f"preset makes them; stream {frame.stream!r} seq {frame.seq} has {x.dtype}. Normalise on the "
+                "sender: (pixels / 255 - mean) / std with the preset's mean and std, channels first"
             )
         side = self._side
         if x.dim() != 3 or x.shape[0] != 3 or x.shape[1] != side or x.shape[2] != side:

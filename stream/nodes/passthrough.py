@@ -11,6 +11,8 @@ from stream.registry import register
 
 @register("passthrough")
 class Passthrough(Operator):
+    outputs_follow_inputs = True
+
     def process(self, frame: Frame) -> Frame:
         return frame
 

@@ -76,6 +76,17 @@ def error_reply_parts(request_id: Any, code: str, message: str, info: Mapping[st
     return [P.pack_header(P.MSG_RESULT, header, strict=False)]
 
 
+def no_output_reply_parts(request_id: Any, stream: Any, seq: Any, node: str, frame: Frame) -> list[bytes]:
+    """A RESULT with status ok and no tensors: the pipeline emitted nothing for this frame (node `node`,
+    e.g. a continual model filling its receptive field); `meta.no_output` names the node."""
+    t_reply = now_ns()
+    latency = stage_latency_ms(frame.stamped(node, t_reply), t_reply)  # the node's stage ends now
+    header = {"request_id": request_id, "stream": stream, "seq": seq, "t_capture_ns": frame.t_capture,
+              "t_reply_ns": t_reply, "status": "ok", "error": None, "latency": latency,
+              "meta": {"no_output": node}, "tensors": []}
+    return [P.pack_header(P.MSG_RESULT, header, strict=False)]
+
+
 def stats_reply_parts(request_id: Any, stats: Mapping[str, int]) -> list[bytes]:
     """The answer to a PING: status ok and the source's counters."""
     header = {"request_id": request_id, "t_reply_ns": now_ns(), "status": "ok", "error": None,

@@ -12,7 +12,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import zmq
 
@@ -20,7 +20,7 @@ from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
 from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
-from stream.zmq.reply import error_reply_parts, stats_reply_parts
+from stream.zmq.reply import error_reply_parts, no_output_reply_parts, stats_reply_parts
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, send_parts, start_authenticator
 
 log = logging.getLogger("costream.zmq")
@@ -98,8 +98,8 @@ class ZmqSource(Source):
         self._inproc_used = False  # a reply sink pushes over inproc (set from its thread by attach)
         self._endpoint = self.params.endpoint
         self._inproc_address: str | None = None
-        self._failure_push = threading.local()  # per failing worker thread: a PUSH to the inproc PULL
-        self._failure_socks: list[zmq.Socket] = []
+        self._early_push = threading.local()  # per node thread answering early: a PUSH to the inproc PULL
+        self._early_socks: list[zmq.Socket] = []
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -137,9 +137,9 @@ class ZmqSource(Source):
     def teardown(self) -> None:
         self._stop.set()
         with self._lock:
-            for sock in self._failure_socks:
+            for sock in self._early_socks:
                 sock.close(linger=0)
-            self._failure_socks.clear()
+            self._early_socks.clear()
         if self._registered:
             self._hub.unregister(self.params.endpoint)
             self._registered = False
@@ -346,30 +346,45 @@ class ZmqSource(Source):
 
     def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
         """Answer the request behind `frame` with a `node_failed` error now, not after the timeout."""
+        message = f"node {node!r} failed on stream {frame.stream!r} seq {frame.seq}: {type(error).__name__}: {error}"
+        self._answer_now(frame, "node_failures", lambda request_id, stream, seq: error_reply_parts(
+            request_id, P.NODE_FAILED, message, {"stream": stream, "seq": seq}))
+
+    def frame_ended(self, frame: Frame, node: str) -> None:
+        """Answer the request behind `frame` now with status ok and no tensors (`meta.no_output`
+        names the node): a continual model warming up answers every frame, not after the timeout."""
+        self._answer_now(frame, "no_output", lambda request_id, stream, seq: no_output_reply_parts(
+            request_id, stream, seq, node, frame))
+
+    def _answer_now(self, frame: Frame, counter: str, build: Callable[[Any, Any, Any], list[Any]]) -> None:
+        """Reply `build(request_id, stream, seq)` to the request behind `frame` from any thread: routed
+        directly on this source's thread, else pushed over inproc (the source thread forwards it)."""
         key = frame.meta.get("zmq.key")
         if self.params.socket != "router" or not isinstance(key, int) or self._inproc_address is None:
             return
-        message = f"node {node!r} failed on stream {frame.stream!r} seq {frame.seq}: {type(error).__name__}: {error}"
         with self._lock:
-            self.counters["node_failures"] += 1
-        if threading.get_ident() == self._thread:  # the failing node runs fused in this source's thread
-            self._send_error(key, P.NODE_FAILED, message)
+            self.counters[counter] += 1
+        if threading.get_ident() == self._thread:  # the node runs fused in this source's thread
+            entry = self._pending.pop(key, None)
+            if entry is not None:
+                _, peer, envelope, (request_id, stream, seq) = entry
+                self._route(peer, envelope, build(request_id, stream, seq))
             return
         entry = self._pending.get(key)  # a dict read: atomic; the source thread owns the writes
         if entry is None:
             return
         request_id, stream, seq = entry[3]
-        parts = error_reply_parts(request_id, P.NODE_FAILED, message, {"stream": stream, "seq": seq})
-        sock = getattr(self._failure_push, "sock", None)
+        parts = build(request_id, stream, seq)
+        sock = getattr(self._early_push, "sock", None)
         if sock is None or sock.closed:
             ctx = self._ctx
             if ctx is None:
                 return
             sock = ctx.socket(zmq.PUSH)
             sock.connect(self._inproc_address)
-            self._failure_push.sock = sock
+            self._early_push.sock = sock
             with self._lock:
-                self._failure_socks.append(sock)
+                self._early_socks.append(sock)
         self._attach_inproc()
         try:
             sock.send_multipart([key.to_bytes(8, "little"), *parts], zmq.NOBLOCK)
@@ -415,5 +430,5 @@ class ZmqSource(Source):
                 return
             self._count("timeouts")
             self._send_error(key, P.TIMEOUT, f"the pipeline produced no reply within {self.params.reply_timeout_s} s "
-                             "(the frame was dropped by a queue, failed in a node, or a node emitted nothing)")
+                             "(the frame was dropped by a queue, or a node that holds frames back emitted nothing for it)")
 

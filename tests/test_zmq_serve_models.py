@@ -1,0 +1,77 @@
+"""`costream serve` of a continual-model pipeline over real sockets: robots send raw numpy frames,
+warm-up frames are answered at once with "no output", and the predictions equal the model node's
+own, stream by stream (several streams batched in the server)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from operators.models.stgcn import STGCN, STGCNConfig
+from operators.nodes.skeleton import CoSTGCNNode, CoSTGCNNodeParams
+from stream.frame import Frame
+from stream.node import NodeContext
+from stream.zmq import Client
+from test_models_stgcn import randomize_bn
+from zmq_server import REPO, Server, free_port
+
+WINDOW = 82  # CoST-GCN*: the backbone's 81-frame receptive field plus one frame of pooling window
+FRAMES = WINDOW + 4
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    offline = STGCN(STGCNConfig(num_classes=60, temporal_padding=False, strided=False)).eval()
+    randomize_bn(offline)
+    path = tmp_path_factory.mktemp("weights") / "stgcn_star.pt"
+    torch.save({"state_dict": offline.state_dict()}, path)
+    return str(path)
+
+
+def reference(weights: str, clips: dict[str, np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
+    """Each stream through its own in-process node: (stream, seq) -> scores."""
+    out = {}
+    for stream, clip in clips.items():
+        node = CoSTGCNNode(CoSTGCNNodeParams(variant="costgcn_star", weights=weights, window=WINDOW))
+        node.setup(NodeContext(name="model", device="cpu"))
+        for t in range(clip.shape[0]):
+            for f in node.process(Frame(stream, t, t, {"skeleton": torch.from_numpy(clip[t])})):
+                out[(f.stream, f.seq)] = f.data["scores"].numpy()
+    return out
+
+
+@pytest.mark.slow
+def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_node(tmp_path, weights):
+    rng = np.random.default_rng(0)
+    clips = {s: rng.standard_normal((FRAMES, 3, 25, 2)).astype(np.float32) for s in ("robot/a", "robot/b")}
+    expected = reference(weights, clips)
+    assert sorted(t for s, t in expected if s == "robot/a") == list(range(WINDOW - 1, FRAMES))
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    # --reply-timeout 120: were a warm-up frame left to time out, its reply would be an error, not "ok"
+    srv = Server(tmp_path, str(REPO / "pipelines" / "skeleton_action.yaml"), endpoint, "--reply-timeout", "120",
+                 "--set", f"model.weights={weights}", "--set", f"model.window={WINDOW}")
+    try:
+        with Client(endpoint, timeout=120) as client:
+            srv.wait_ready(client)
+            replies = {}
+            for t in range(FRAMES):
+                # both streams in flight together (the server may step them as one batch); one sends
+                # a bare array, the other a {name: array} dict
+                ids = {s: client.send(clips[s][t] if s == "robot/a" else {"skeleton": clips[s][t]}, stream=s, seq=t)
+                       for s in clips}
+                for s, request_id in ids.items():
+                    replies[(s, t)] = client.recv(request_id).raise_for_status()
+            stats = client.ping()
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()
+    for key, reply in replies.items():
+        assert (reply.stream, reply.seq) == key
+        if key in expected:
+            np.testing.assert_allclose(reply.arrays["scores"], expected[key], rtol=1e-5, atol=1e-6)
+            assert "model" in reply.latency
+        else:  # warm-up: answered at once, status ok, nothing to report yet
+            assert reply.arrays == {} and reply.meta == {"no_output": "model"}, key
+            assert "model" in reply.latency and reply.latency["total"] >= reply.latency["model"]
+    assert stats["no_output"] == 2 * (WINDOW - 1) and stats.get("timeouts", 0) == 0
