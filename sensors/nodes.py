@@ -1,4 +1,5 @@
-"""Runtime adapters for the sensor sources: node kinds `video`, `synthetic_video`, `skeleton`, `synthetic_skeleton`.
+"""Runtime adapters for the sensor sources: node kinds `video`, `synthetic_video`, `skeleton`, `synthetic_skeleton`,
+and `video_preprocess` (a video source's preprocessing as an operator, for images that arrive otherwise).
 
 Frame data conventions (shared with the model nodes):
 - video sources emit `{"video": (C, H, W) float32 normalised, "image": uint8 (H', W', 3) BGR preview}`
@@ -25,7 +26,7 @@ from sensors.synthetic_video import SyntheticVideo, SyntheticVideoConfig
 from sensors.video import ReconnectPolicy, VideoCounters, VideoReader
 from sensors.video_transforms import VideoTransform, preview
 from stream.frame import Frame
-from stream.node import NodeContext, Source
+from stream.node import NodeContext, Operator, Source
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.nodes")
@@ -72,6 +73,42 @@ def _video_data(image: np.ndarray, transform: VideoTransform, params: TransformP
     if params.keep_image:
         data["image"] = preview(image, params.preview_width)
     return data
+
+
+def _transform_fields(params: TransformParams) -> dict[str, Any]:
+    return {name: getattr(params, name) for name in TransformParams.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class VideoPreprocessParams(TransformParams):
+    key: str = "image"  # the image's key when frame data is a dict (a bare array is used as it is)
+
+
+@register("video_preprocess")
+class VideoPreprocess(Operator):
+    """Camera images (uint8 HxWx3 BGR, as OpenCV or a ZeroMQ request delivers them) to the video
+    sources' output, `{"video": normalised (3, crop, crop) float32}`: what `costream serve` puts
+    behind the request socket in place of a video source, so robots send frames as their camera
+    gives them (raw or JPEG)."""
+
+    Params = VideoPreprocessParams
+    outputs_follow_inputs = True
+
+    def __init__(self, params: VideoPreprocessParams | None = None) -> None:
+        super().__init__(params)
+        self._transform = self.params.transform()
+
+    def process(self, frame: Frame) -> Frame:
+        data = frame.data
+        image = data.get(self.params.key) if isinstance(data, dict) else data
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            got = (f"{image.dtype} {tuple(image.shape)}" if isinstance(image, np.ndarray)
+                   else sorted(data) if isinstance(data, dict) else type(image).__name__)
+            raise ValueError(
+                f"node {self.name!r} (video_preprocess) expects a uint8 (H, W, 3) BGR camera image (alone, or "
+                f"as data[{self.params.key!r}]); frame {frame.key} has {got}"
+            )
+        return frame.derive(_video_data(image, self._transform, self.params))
 
 
 @dataclass(frozen=True)
@@ -132,6 +169,10 @@ class VideoSource(Source):
         if self.params.loop or reader is None or reader.frame_count is None:
             return limit
         return reader.frame_count if limit is None else min(reader.frame_count, limit)
+
+    @classmethod
+    def served_preprocess(cls, params: VideoParams) -> tuple[str, Any]:
+        return "video_preprocess", VideoPreprocessParams(**_transform_fields(params))
 
     @property
     def counters(self) -> VideoCounters | None:
@@ -207,6 +248,14 @@ class SyntheticVideoSource(Source):
     def length(self) -> int | None:
         frames = self.params.frames
         return None if frames is None else frames * self.params.streams
+
+    @classmethod
+    def served_preprocess(cls, params: SyntheticVideoParams) -> tuple[str, Any]:
+        fields = _transform_fields(params)
+        if params.preset is None and params.short_side is None and params.crop is None and params.width == params.height:
+            # the synthetic frames are made at the model size: bring camera images to that size
+            fields.update(short_side=params.width, crop=params.width)
+        return "video_preprocess", VideoPreprocessParams(**fields)
 
     def stream_ids(self) -> list[str]:
         n = self.params.streams

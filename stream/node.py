@@ -110,6 +110,13 @@ class Source(Node):
         with an error at once instead of letting the requester time out; others need not override it.
         """
 
+    @classmethod
+    def served_preprocess(cls, params: Any) -> tuple[str, Any] | None:
+        """When `costream serve` replaces this source by the request socket: the (node kind, params) of
+        an operator that turns a request into what this source would have emitted (a video source's
+        resize, crop and normalisation), or None to hand requests on as they are."""
+        return None
+
     def frame_ended(self, frame: Frame, node: str) -> None:
         """A frame this source produced ended in operator `node` without any output, and never will
         get one there (see `Operator.outputs_follow_inputs`): a continual model filling its receptive

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -17,6 +18,8 @@ from stream.zmq.reply import error_reply_parts, result_parts, stage_latency_ms
 from stream.zmq.serve import serving_spec, wrap
 from stream.zmq.sockets import check_endpoint
 from stream.zmq.source import ZmqSourceParams
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def frame_parts(arrays, encodings=None, **fields):
@@ -240,6 +243,39 @@ def test_serve_wraps_a_pipeline_without_zmq_nodes():
     assert served.node("out").params.mode == "reply" and served.node("out").params.endpoint == "tcp://127.0.0.1:5999"
     explicit = serving_spec(served, {"endpoint": "tcp://127.0.0.1:6000"})
     assert explicit.node("requests").params.endpoint == explicit.node("out").params.endpoint == "tcp://127.0.0.1:6000"
+
+
+def test_serving_a_video_pipeline_puts_the_sources_preprocessing_behind_the_router():
+    from stream.config import load_pipeline
+
+    served = wrap(load_pipeline(str(REPO / "pipelines" / "video_action.yaml")), ZmqSourceParams(endpoint="tcp://127.0.0.1:5999"))
+    assert [(n.name, n.kind) for n in served.nodes] == [
+        ("requests", "zmq_source"), ("camera_preprocess", "video_preprocess"), ("model", "cox3d"),
+        ("labels", "zmq_sink")]
+    step = served.node("camera_preprocess")
+    assert step.inputs[0].source == "requests" and served.node("model").inputs[0].source == "camera_preprocess"
+    # the synthetic camera makes 160x160 model-size frames: camera images are brought to that size
+    assert (step.params.short_side, step.params.crop, step.params.preset) == (160, 160, None)
+    skeleton = wrap(load_pipeline(str(REPO / "pipelines" / "skeleton_action.yaml")), ZmqSourceParams())
+    assert skeleton.node("model").inputs[0].source == "requests"  # skeleton sources need no preprocessing
+    assert [n.kind for n in skeleton.nodes].count("video_preprocess") == 0
+
+
+def test_video_preprocess_makes_what_the_video_source_makes_and_explains_bad_input():
+    from sensors.nodes import VideoPreprocess, VideoPreprocessParams
+    from sensors.video_transforms import VideoTransform
+    from stream.node import NodeContext
+
+    node = VideoPreprocess(VideoPreprocessParams(preset="x3d_xs"))
+    node.setup(NodeContext(name="prep"))
+    image = np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    for data in (image, {"image": image}):
+        out = node.process(Frame("cam", 4, 7, data))
+        assert (out.stream, out.seq, out.t_capture) == ("cam", 4, 7)
+        np.testing.assert_array_equal(out.data["video"].numpy(), VideoTransform.preset("x3d_xs")(image).numpy())
+    for bad in (image.astype(np.float32), image[:, :, :2], {"video": image}, "text"):
+        with pytest.raises(ValueError, match="uint8 \\(H, W, 3\\) BGR camera image"):
+            node.process(Frame("cam", 0, 0, bad))
 
 
 def test_a_pass_through_tensor_is_sent_as_the_received_zmq_frame_and_views_are_not():

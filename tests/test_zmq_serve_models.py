@@ -75,3 +75,71 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
             assert reply.arrays == {} and reply.meta == {"no_output": "model"}, key
             assert "model" in reply.latency and reply.latency["total"] >= reply.latency["model"]
     assert stats["no_output"] == 2 * (WINDOW - 1) and stats.get("timeouts", 0) == 0
+
+
+@pytest.mark.slow
+def test_a_served_video_model_takes_camera_images_raw_or_jpeg(tmp_path):
+    import cv2
+
+    from operators.models.cox3d import CoX3D
+    from operators.models.x3d import X3DConfig
+    from operators.nodes.video import CoX3DNode, CoX3DParams
+    from sensors.nodes import VideoPreprocess, VideoPreprocessParams
+    from test_models_x3d import randomize
+
+    side, frames_after_warmup = 32, 3
+    co = CoX3D(X3DConfig(size="xs", num_classes=10, crop_size=side), window=2)
+    randomize(co, seed=7)
+    weights = tmp_path / "cox3d_xs.pt"
+    torch.save({"model_state": co.state_dict()}, weights)
+    pipeline = tmp_path / "video.yaml"
+    pipeline.write_text(f"""
+version: 1
+name: served_video
+nodes:
+  camera: {{kind: synthetic_video, params: {{width: {side}, height: {side}, frames: 10}}}}
+  model:
+    kind: cox3d
+    inputs: [{{from: camera, policy: block, queue_size: 16}}]
+    params: {{size: xs, window: 2, num_classes: 10, crop_size: {side}, weights: {weights}}}
+    max_batch: 4
+  out: {{kind: "null", inputs: [model]}}
+""")
+    n = co.delay + frames_after_warmup
+    rng = np.random.default_rng(1)
+    images = {s: rng.integers(0, 255, (n, 48, 64, 3), dtype=np.uint8) for s in ("cam/raw", "cam/jpeg")}
+    # what the server decodes from the JPEG requests (cv2 on both sides)
+    decoded = {"cam/raw": images["cam/raw"],
+               "cam/jpeg": np.stack([cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 90])[1],
+                                                  cv2.IMREAD_COLOR) for im in images["cam/jpeg"]])}
+    expected = {}
+    for stream, clip in decoded.items():  # each stream alone, in process: preprocess + model node
+        prep = VideoPreprocess(VideoPreprocessParams(preset=None, short_side=side, crop=side))
+        node = CoX3DNode(CoX3DParams(size="xs", window=2, num_classes=10, crop_size=side, weights=str(weights)))
+        for x in (prep, node):
+            x.setup(NodeContext(name="model"))
+        for t in range(n):
+            for f in node.process(prep.process(Frame(stream, t, t, clip[t]))):
+                expected[(f.stream, f.seq)] = f.data["scores"].numpy()
+    assert len(expected) == 2 * frames_after_warmup
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    srv = Server(tmp_path, str(pipeline), endpoint, "--reply-timeout", "120")
+    try:
+        with Client(endpoint, timeout=120) as client:
+            srv.wait_ready(client)
+            replies = {}
+            for t in range(n):
+                ids = {"cam/raw": client.send(images["cam/raw"][t], stream="cam/raw", seq=t),
+                       "cam/jpeg": client.send({"image": images["cam/jpeg"][t]}, stream="cam/jpeg", seq=t,
+                                               encoding={"image": "jpeg"})}
+                for s, request_id in ids.items():
+                    replies[(s, t)] = client.recv(request_id).raise_for_status()
+    finally:
+        assert srv.stop() == 0, srv.log.read_text()
+    for key, reply in replies.items():
+        if key in expected:
+            np.testing.assert_allclose(reply.arrays["scores"], expected[key], rtol=1e-4, atol=1e-5)
+            assert {"camera_preprocess", "model"} <= set(reply.latency)
+        else:
+            assert reply.arrays == {} and reply.meta == {"no_output": "model"}, key

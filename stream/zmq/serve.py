@@ -5,8 +5,10 @@ Two ways to write the pipeline:
 * explicit: it has a `zmq_source` with `socket: router` and a `zmq_sink` with `mode: reply`
   (pipelines/serve_passthrough.yaml); `--endpoint` and the CurveZMQ/limit flags override theirs;
 * wrapped: it has no ZeroMQ nodes; every source is replaced by ONE router source named `requests`
-  (the consumers of the old sources read from it) and every sink is replaced by a reply sink fed by
-  that sink's inputs, so each request is answered with what would have reached the sink.
+  (the consumers of the old sources read from it, through the source's own preprocessing when it
+  has some: `<source>_preprocess`, e.g. a video source's resize and normalisation) and every sink is
+  replaced by a reply sink fed by that sink's inputs, so each request is answered with what would
+  have reached the sink.
 
 The CLI engineer wires `costream serve` to `add_arguments` / `run_from_args`; `python -m
 stream.zmq.serve` runs the same command standalone.
@@ -22,7 +24,8 @@ import sys
 import threading
 from typing import Any, Sequence
 
-from stream.spec import NodeSpec, PipelineSpec
+from stream.registry import resolve
+from stream.spec import InputSpec, NodeSpec, PipelineSpec, QueuePolicy
 from stream.zmq.sink import ZmqSink, ZmqSinkParams
 from stream.zmq.source import ZmqSource, ZmqSourceParams
 
@@ -87,15 +90,32 @@ def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> Pipeline
 
 
 def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "requests") -> PipelineSpec:
-    """Replace the sources by one router source and the sinks by reply sinks on their inputs."""
+    """Replace the sources by one router source and the sinks by reply sinks on their inputs.
+
+    A source that preprocesses what it reads (a video source's resize, crop and normalisation;
+    `Source.served_preprocess`) is replaced by that preprocessing as an operator behind the router,
+    so requests carry what the sensor delivers (camera images), not model inputs."""
     sources = {n.name for n in spec.nodes if n.role == "source"}
-    if source_name in {n.name for n in spec.nodes}:
+    taken = {n.name for n in spec.nodes}
+    if source_name in taken:
         raise ValueError(f"pipeline {spec.name!r} already has a node named {source_name!r}; rename it to serve it")
     nodes: list[NodeSpec] = [NodeSpec(name=source_name, kind="zmq_source", node_class=ZmqSource, params=params)]
+    feeds = {name: source_name for name in sources}  # old source -> the node its consumers now read from
+    for node in spec.nodes:
+        step = node.node_class.served_preprocess(node.params) if node.role == "source" else None
+        if step is None:
+            continue
+        kind, step_params = step
+        name = f"{node.name}_preprocess"
+        if name in taken:
+            raise ValueError(f"pipeline {spec.name!r} already has a node named {name!r}; rename it to serve it")
+        nodes.append(NodeSpec(name=name, kind=kind, node_class=resolve(kind), params=step_params,
+                              inputs=(InputSpec(source_name, 64, QueuePolicy.BLOCK),), device=node.device))
+        feeds[node.name] = name
     for node in spec.nodes:
         if node.role == "source":
             continue
-        inputs = tuple(dataclasses.replace(i, source=source_name) if i.source in sources else i for i in node.inputs)
+        inputs = tuple(dataclasses.replace(i, source=feeds[i.source]) if i.source in sources else i for i in node.inputs)
         if inputs and len({i.source for i in inputs}) < len(inputs):  # two old sources fed one join
             raise ValueError(f"pipeline {spec.name!r}: node {node.name!r} joins several sources; a served pipeline "
                              "gets one request stream, so write it with explicit zmq nodes instead")
