@@ -165,8 +165,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    endpoint = next(n.params.endpoint for n in spec.nodes if n.node_class is ZmqSource)
-    log.warning("serving pipeline %r on %s (Ctrl-C to stop)", spec.name, endpoint)
+    router = next(n for n in spec.nodes if n.node_class is ZmqSource)
+    readers = [n for n in spec.nodes if any(i.source == router.name for i in n.inputs)]
+    log.warning("serving pipeline %r on %s (Ctrl-C to stop); requests go to %s", spec.name, router.params.endpoint,
+                ", ".join(f"{n.name} ({n.kind})" for n in readers) or "no node")
     try:
         report = executor.wait()
     finally:
