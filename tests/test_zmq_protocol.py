@@ -17,6 +17,7 @@ from stream.zmq import protocol as P
 from stream.zmq.reply import error_reply_parts, result_parts, stage_latency_ms
 from stream.zmq.serve import serving_spec, wrap
 from stream.zmq.sockets import check_endpoint
+from stream.spec import QueuePolicy
 from stream.zmq.source import ZmqSourceParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +253,10 @@ def test_serving_a_video_pipeline_puts_the_sources_preprocessing_behind_the_rout
     assert [(n.name, n.kind) for n in served.nodes] == [
         ("requests", "zmq_source"), ("camera_preprocess", "video_preprocess"), ("model", "cox3d"),
         ("labels", "zmq_sink")]
+    # every request waits for its reply: the reply sink reads losslessly (the YAML's labels sink reads
+    # `latest` of 4, which dropped replies when a batched model answered more than 4 streams at once)
+    (reply_edge,) = served.node("labels").inputs
+    assert reply_edge.policy is QueuePolicy.BLOCK and reply_edge.queue_size >= 64
     step = served.node("camera_preprocess")
     assert step.inputs[0].source == "requests" and served.node("model").inputs[0].source == "camera_preprocess"
     # the synthetic camera makes 160x160 model-size frames: camera images are brought to that size

@@ -31,6 +31,7 @@ from stream.zmq.source import ZmqSource, ZmqSourceParams
 
 log = logging.getLogger("costream.zmq.serve")
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+_REPLY_QUEUE = 64  # the least queue in front of a reply sink of a wrapped pipeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +79,12 @@ def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> Pipeline
             raise ValueError(f"pipeline {spec.name!r}: serving needs exactly one zmq_source with socket: router and "
                              f"at least one zmq_sink with mode: reply; found {len(routers)} and {len(replies)}")
         params = dataclasses.replace(routers[0].params, **source_changes)
+        for node in replies:
+            lossy = [i.source for i in node.inputs if QueuePolicy(i.policy) is not QueuePolicy.BLOCK]
+            if lossy:
+                log.warning("pipeline %r: reply sink %r reads %s with a lossy queue policy; a reply dropped there "
+                            "leaves its request waiting until reply_timeout_s. Use `policy: block` on that input",
+                            spec.name, node.name, ", ".join(repr(s) for s in lossy))
         nodes = []
         for node in spec.nodes:
             if node is routers[0]:
@@ -120,6 +127,10 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
             raise ValueError(f"pipeline {spec.name!r}: node {node.name!r} joins several sources; a served pipeline "
                              "gets one request stream, so write it with explicit zmq nodes instead")
         if node.role == "sink":
+            # Every request waits for its reply: the reply sink's inputs must not drop (a `latest` edge
+            # of 4 would lose replies whenever a batched model emits for more streams at once).
+            inputs = tuple(dataclasses.replace(i, policy=QueuePolicy.BLOCK, queue_size=max(i.queue_size, _REPLY_QUEUE))
+                           for i in inputs)
             node = dataclasses.replace(node, kind="zmq_sink", node_class=ZmqSink, inputs=inputs, join=None,
                                        params=ZmqSinkParams(mode="reply", endpoint=params.endpoint))
         else:
