@@ -17,4 +17,5 @@ bench: setup
 	.venv/bin/python benchmarks/models_vs_offline.py
 	.venv/bin/python benchmarks/models_multistream.py
 	.venv/bin/python benchmarks/zmq_roundtrip.py
+	.venv/bin/python benchmarks/serve_multistream.py
 	.venv/bin/python benchmarks/roofline.py

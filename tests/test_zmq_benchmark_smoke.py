@@ -1,4 +1,5 @@
-"""benchmarks/zmq_roundtrip.py --quick: real `costream serve` and echo processes, two runs aggregated
+"""Quick runs of the ZeroMQ benchmarks (zmq_roundtrip: two runs aggregated; serve_multistream: robots
+against a served model), with real `costream serve`, echo and robot processes
 (no timing checks: performance is measured by the benchmark itself, not asserted in tests)."""
 from __future__ import annotations
 
@@ -22,3 +23,14 @@ def test_quick_runs_aggregate_to_a_median(tmp_path, capsys):
         assert row["n"] == 60 and row["raw_p50_us"] > 0
     printed = capsys.readouterr().out
     assert "run 2/2" in printed and "runs meeting the goal" in printed
+
+
+@pytest.mark.slow
+def test_serve_multistream_quick_runs_both_servers(tmp_path):
+    bench = load_benchmark("serve_multistream")
+    out = tmp_path / "serve.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [r["max_batch"] for r in data["rows"]] == [8, 1]
+    for row in data["rows"]:  # every robot got predictions after its warm-up
+        assert row["robots"] == 2 and row["predictions"] > 0 and row["predictions_per_s"] > 0
