@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from stream.frame import Frame
 from stream.spec import QueuePolicy
@@ -51,7 +51,7 @@ class Edge:
     """One bounded input queue from node `source` into node `target`."""
 
     __slots__ = ("source", "target", "index", "capacity", "policy", "counters", "finished", "_items",
-                 "_inbox", "_latest")
+                 "_inbox", "_latest", "on_drop", "_drops")
 
     def __init__(self, inbox: "Inbox", source: str, capacity: int, policy: QueuePolicy) -> None:
         if not isinstance(capacity, int) or capacity < 1:
@@ -67,6 +67,10 @@ class Edge:
         self.counters = EdgeCounters()
         self.finished = False  # the producer will put nothing more
         self._items: deque[Item] = deque()
+        # Called (frame, consumer name) for each frame the policy drops, after the lock is released:
+        # the executor tells the frame's source (a request/reply source answers `overloaded` at once).
+        self.on_drop: Callable[[Frame, str], None] | None = None
+        self._drops: list[Frame] = []  # dropped under the lock, reported after it (producer thread only)
         self._inbox = inbox
         inbox.edges.append(self)
         inbox._open_edges += 1
@@ -104,7 +108,14 @@ class Edge:
             if inbox._consumer_waiting:
                 inbox._consumer_waiting = False
                 inbox._wake.release()
+        if self._drops:
+            self._report_drops()
         return True
+
+    def _report_drops(self) -> None:
+        drops, self._drops = self._drops, []
+        for dropped in drops:
+            self.on_drop(dropped, self.target)  # type: ignore[misc]
 
     def pass_through(self) -> bool:
         """Count a frame handed straight to a consumer running in the producer's thread (operator
@@ -134,16 +145,17 @@ class Edge:
             for i, item in enumerate(items):
                 if item[0].stream == stream:
                     del items[i]
-                    self._count_drop()
+                    self._count_drop(item[0])
                     break
         while len(items) >= self.capacity:
-            items.popleft()
-            self._count_drop()
+            self._count_drop(items.popleft()[0])
         return True
 
-    def _count_drop(self) -> None:
+    def _count_drop(self, frame: Frame) -> None:
         self.counters.dropped += 1
         self._inbox._count -= 1
+        if self.on_drop is not None:
+            self._drops.append(frame)
 
     def finish(self) -> None:
         """The producer is done: once this edge is empty it contributes nothing more."""

@@ -273,6 +273,8 @@ class LocalExecutor:
                 worker.period_ns = self._source_period_ns(worker)
             for inp in spec.inputs:
                 edge = worker.inbox.add_edge(inp.source, inp.queue_size, inp.policy)  # type: ignore[union-attr]
+                if edge.policy is not QueuePolicy.BLOCK:
+                    edge.on_drop = self._frame_dropped
                 self._workers[inp.source].outputs.append(edge)
             if spec.join is not None:
                 worker.joiner = Joiner([i.source for i in spec.inputs], spec.join)
@@ -581,22 +583,29 @@ class LocalExecutor:
             return False
         return frame is not None  # a source cannot resume a frames() iterator that raised
 
-    def _tell_source(self, frame: Frame, node: str, exc: BaseException | None) -> None:
-        """Let the source that produced `frame` (the first trace stamp) react to its failure in `node`
-        (`exc`), or to its end there without output (`exc` None)."""
+    def _tell_source(self, frame: Frame, node: str, outcome: BaseException | str) -> None:
+        """Let the source that produced `frame` (the first trace stamp) react to what happened to it in
+        `node`: an exception it raised, "ended" (no output, ever) or "dropped" (by the queue in front)."""
         if not frame.trace:
             return
         origin = self._workers.get(frame.trace[0][0])
         if origin is None or origin.spec.role != "source" or origin is self._workers.get(node):
             return
+        source = origin.node
         try:
-            if exc is None:
-                origin.node.frame_ended(frame, node)
+            if isinstance(outcome, BaseException):
+                source.frame_failed(frame, node, outcome)
+            elif outcome == "ended":
+                source.frame_ended(frame, node)
             else:
-                origin.node.frame_failed(frame, node, exc)
+                source.frame_dropped(frame, node)
         except Exception as hook_exc:  # the hook must never take the node down with it
-            log.error("source %r failed in %s(): %s", origin.spec.name,
-                      "frame_ended" if exc is None else "frame_failed", hook_exc)
+            log.error("source %r failed in its frame_%s() hook: %s", origin.spec.name,
+                      outcome if isinstance(outcome, str) else "failed", hook_exc)
+
+    def _frame_dropped(self, frame: Frame, node: str) -> None:
+        """A lossy edge into `node` dropped `frame` (called by the producer after the queue's lock)."""
+        self._tell_source(frame, node, "dropped")
 
     def _tell_ended(self, worker: Worker, frames: list[Frame], out: list[Frame]) -> None:
         """The inputs of an `outputs_follow_inputs` operator that got no output in this call."""
@@ -605,7 +614,7 @@ class LocalExecutor:
         answered = {(f.stream, f.seq) for f in out}
         for frame in frames:
             if (frame.stream, frame.seq) not in answered:
-                self._tell_source(frame, worker.name, None)
+                self._tell_source(frame, worker.name, "ended")
 
     def _record(self, worker: Worker, frame: Frame | None, exc: BaseException, count: bool) -> ErrorRecord:
         stream, seq = (frame.stream, frame.seq) if frame is not None else (None, None)

@@ -126,6 +126,14 @@ class Source(Node):
         ("no output yet") instead of letting the requester time out; others need not override it.
         """
 
+    def frame_dropped(self, frame: Frame, node: str) -> None:
+        """A frame this source produced was dropped by the lossy queue (`latest`, `drop_oldest`) in
+        front of node `node`; the edge has counted it.
+
+        Called from the producing node's thread. Sources that answer requests (a ZeroMQ router) reply
+        `overloaded` at once instead of letting the requester time out; others need not override it.
+        """
+
     @property
     def native_rate_hz(self) -> float | None:
         """The sensor's own frame rate once set up (a video file's fps), used by `rate_hz: native`."""

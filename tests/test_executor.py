@@ -777,3 +777,32 @@ def test_operators_that_may_emit_later_are_not_reported():
     ex = LocalExecutor(spec)
     ex.run()
     assert ex.nodes["src"].ended == []
+
+
+class DropsSource(StepSource):
+    """StepSource that records the frames the runtime says a lossy queue dropped."""
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.dropped: list[tuple[int, str]] = []
+
+    def frame_dropped(self, frame: Frame, node: str) -> None:
+        self.dropped.append((frame.seq, node))
+
+
+@pytest.mark.parametrize(("policy", "delivered"), [
+    (QueuePolicy.DROP_OLDEST, [0, 9, 10, 11]),
+    (QueuePolicy.LATEST, [0, 11]),
+])
+def test_the_source_of_a_frame_dropped_by_a_lossy_queue_is_told(policy, delivered):
+    ctl = Ctl()
+    spec = pipeline_spec(
+        node_spec("src", DropsSource, CtlParams(ctl, count=12)),
+        node_spec("sink", GatedSink, CtlParams(ctl), inputs=[InputSpec("src", 3, policy)]),
+    )
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    assert ctl.seen == delivered
+    dropped = ex.nodes["src"].dropped
+    assert sorted(seq for seq, _ in dropped) == [s for s in range(12) if s not in delivered]
+    assert {node for _, node in dropped} == {"sink"} and report.edge("src", "sink").dropped == len(dropped)

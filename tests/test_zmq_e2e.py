@@ -163,7 +163,8 @@ def test_server_restart_is_survived(tmp_path):
             assert second.stop() == 0
 
 
-def slow_pipeline(tmp_path: Path, queue: str) -> tuple[Path, Path]:
+def slow_pipeline(tmp_path: Path, queue: str, edge: str = "{from: requests, queue_size: 1, policy: block}"
+                  ) -> tuple[Path, Path]:
     release = tmp_path / "release"
     pipeline = tmp_path / "slow.yaml"
     pipeline.write_text(textwrap.dedent(f"""
@@ -175,7 +176,7 @@ def slow_pipeline(tmp_path: Path, queue: str) -> tuple[Path, Path]:
           slow:
             kind: test_zmq_slow_node:HoldWhileFileMissing
             params: {{release_file: {str(release)!r}}}
-            inputs: [{{from: requests, queue_size: 1, policy: block}}]
+            inputs: [{edge}]
           replies: {{kind: zmq_sink, params: {{mode: reply}}, inputs: [{{from: slow, policy: block}}]}}
     """))
     return pipeline, release
@@ -230,6 +231,34 @@ def test_latest_only_mode_drops_under_a_slow_pipeline_and_counts(tmp_path):
     assert set(codes) <= {"ok", P.OVERLOADED} and codes.count(P.OVERLOADED) >= 1, codes
     assert stats["dropped_latest"] == codes.count(P.OVERLOADED)
     assert stats["accepted"] == 11 and stats.get("timeouts", 0) == 0
+
+
+def test_a_request_dropped_by_a_lossy_queue_inside_the_pipeline_is_answered_overloaded_at_once(tmp_path):
+    # capacity 2, latest: the held frame (its own stream) is never the one dropped; each newer frame
+    # of stream "s" replaces the one queued before it
+    pipeline, release = slow_pipeline(tmp_path, "bounded", "{from: requests, queue_size: 2, policy: latest}")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    srv = Server(tmp_path, str(pipeline), endpoint)
+    try:
+        with Client(endpoint, timeout=15) as client:
+            srv.wait_ready(client)
+            held = client.send(np.zeros(1), stream="h", meta={"hold": True})
+            ids = [client.send(np.full(1, i), stream="s") for i in range(1, 11)]
+            early = []  # while the pipeline is stalled, the dropped ones are answered (not timed out)
+            while len(early) < 9:
+                early.append(client.recv(timeout=10))
+            release.touch()
+            answered = {r.request_id: r for r in early}
+            replies = [answered.pop(i) if i in answered else client.recv(i) for i in [held, *ids]]
+            stats = client.ping()
+    finally:
+        release.touch()
+        assert srv.stop() == 0
+    assert all(r.error["code"] == P.OVERLOADED and "'slow'" in r.error["message"] for r in early), \
+        [r.header for r in early]
+    codes = [r.error["code"] if r.error else "ok" for r in replies]
+    assert codes == ["ok"] + [P.OVERLOADED] * 9 + ["ok"], codes  # the held one and the newest are processed
+    assert stats["dropped_in_pipeline"] == 9 and stats.get("timeouts", 0) == 0
 
 
 def test_curve_rejects_clients_without_the_key(tmp_path):

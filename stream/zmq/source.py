@@ -356,6 +356,14 @@ class ZmqSource(Source):
         self._answer_now(frame, "no_output", lambda request_id, stream, seq: no_output_reply_parts(
             request_id, stream, seq, node, frame))
 
+    def frame_dropped(self, frame: Frame, node: str) -> None:
+        """Answer the request behind `frame` with `overloaded` now: a lossy queue inside the pipeline
+        dropped it (it will never produce a reply)."""
+        message = (f"the queue in front of node {node!r} dropped this frame (its policy keeps the newest frames); "
+                   "send slower, or make that input `policy: block`")
+        self._answer_now(frame, "dropped_in_pipeline", lambda request_id, stream, seq: error_reply_parts(
+            request_id, P.OVERLOADED, message, {"stream": stream, "seq": seq}))
+
     def _answer_now(self, frame: Frame, counter: str, build: Callable[[Any, Any, Any], list[Any]]) -> None:
         """Reply `build(request_id, stream, seq)` to the request behind `frame` from any thread: routed
         directly on this source's thread, else pushed over inproc (the source thread forwards it)."""
@@ -430,5 +438,5 @@ class ZmqSource(Source):
                 return
             self._count("timeouts")
             self._send_error(key, P.TIMEOUT, f"the pipeline produced no reply within {self.params.reply_timeout_s} s "
-                             "(the frame was dropped by a queue, or a node that holds frames back emitted nothing for it)")
+                             "(a node that holds frames back emitted nothing for it, or it was lost on the way)")
 
