@@ -82,8 +82,8 @@ def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> Pipeline
         for node in replies:
             lossy = [i.source for i in node.inputs if QueuePolicy(i.policy) is not QueuePolicy.BLOCK]
             if lossy:
-                log.warning("pipeline %r: reply sink %r reads %s with a lossy queue policy; a reply dropped there "
-                            "leaves its request waiting until reply_timeout_s. Use `policy: block` on that input",
+                log.warning("pipeline %r: reply sink %r reads %s with a lossy queue policy; a result dropped there "
+                            "is answered `overloaded` instead of with the result. Use `policy: block` on that input",
                             spec.name, node.name, ", ".join(repr(s) for s in lossy))
         nodes = []
         for node in spec.nodes:
@@ -127,8 +127,9 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
             raise ValueError(f"pipeline {spec.name!r}: node {node.name!r} joins several sources; a served pipeline "
                              "gets one request stream, so write it with explicit zmq nodes instead")
         if node.role == "sink":
-            # Every request waits for its reply: the reply sink's inputs must not drop (a `latest` edge
-            # of 4 would lose replies whenever a batched model emits for more streams at once).
+            # Every request waits for its result: the reply sink's inputs must not drop (a `latest` edge
+            # of 4 would turn results into `overloaded` errors whenever a batched model answers more
+            # than four streams at once).
             inputs = tuple(dataclasses.replace(i, policy=QueuePolicy.BLOCK, queue_size=max(i.queue_size, _REPLY_QUEUE))
                            for i in inputs)
             node = dataclasses.replace(node, kind="zmq_sink", node_class=ZmqSink, inputs=inputs, join=None,
