@@ -9,6 +9,7 @@ import torch
 
 from operators.models.stgcn import STGCN, STGCNConfig
 from operators.nodes.skeleton import CoSTGCNNode, CoSTGCNNodeParams
+from sensors.labels import load_labels, top_k
 from stream.frame import Frame
 from stream.node import NodeContext
 from stream.zmq import Client
@@ -71,6 +72,9 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
         if key in expected:
             np.testing.assert_allclose(reply.arrays["scores"], expected[key], rtol=1e-5, atol=1e-6)
             assert "model" in reply.latency
+            best = top_k(reply.arrays["scores"], reply.meta["labelset"], k=3)  # as docs/robot-client-example.md
+            assert [p.index for p in best] == list(np.argsort(-expected[key], kind="stable")[:3])
+            assert best[0].label == load_labels("ntu60")[best[0].index]
         else:  # warm-up: answered at once, status ok, nothing to report yet
             assert reply.arrays == {} and reply.meta == {"no_output": "model"}, key
             assert "model" in reply.latency and reply.latency["total"] >= reply.latency["model"]
