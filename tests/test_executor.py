@@ -222,17 +222,22 @@ def test_two_branches_with_lossy_edges_account_for_every_frame():
 # ------------------------------------------------------------------------- policies, slow consumer
 
 
-@pytest.mark.parametrize(("policy", "expected"), [
-    (QueuePolicy.DROP_OLDEST, [0, 9, 10, 11]),
-    (QueuePolicy.LATEST, [0, 11]),
-])
-def test_lossy_policies_under_a_slow_consumer(policy, expected):
-    ctl = Ctl()
-    spec = pipeline_spec(
-        node_spec("src", StepSource, CtlParams(ctl, count=12)),
+def _slow_consumer_spec(ctl: Ctl, policy: QueuePolicy, source: type | None = None):
+    """12 frames from a step source into a gated sink behind a queue of 3 with `policy`."""
+    return pipeline_spec(
+        node_spec("src", source or StepSource, CtlParams(ctl, count=12)),
         node_spec("sink", GatedSink, CtlParams(ctl), inputs=[InputSpec("src", 3, policy)]),
     )
-    report = LocalExecutor(spec).run()
+
+
+# (policy, the seqs a gated sink sees of 12 frames through a queue of 3)
+LOSSY_UNDER_A_SLOW_CONSUMER = [(QueuePolicy.DROP_OLDEST, [0, 9, 10, 11]), (QueuePolicy.LATEST, [0, 11])]
+
+
+@pytest.mark.parametrize(("policy", "expected"), LOSSY_UNDER_A_SLOW_CONSUMER)
+def test_lossy_policies_under_a_slow_consumer(policy, expected):
+    ctl = Ctl()
+    report = LocalExecutor(_slow_consumer_spec(ctl, policy)).run()
     assert ctl.seen == expected
     edge = report.edge("src", "sink")
     assert (edge.offered, edge.delivered, edge.dropped, edge.discarded) == (12, len(expected), 12 - len(expected), 0)
@@ -790,17 +795,10 @@ class DropsSource(StepSource):
         self.dropped.append((frame.seq, node))
 
 
-@pytest.mark.parametrize(("policy", "delivered"), [
-    (QueuePolicy.DROP_OLDEST, [0, 9, 10, 11]),
-    (QueuePolicy.LATEST, [0, 11]),
-])
+@pytest.mark.parametrize(("policy", "delivered"), LOSSY_UNDER_A_SLOW_CONSUMER)
 def test_the_source_of_a_frame_dropped_by_a_lossy_queue_is_told(policy, delivered):
     ctl = Ctl()
-    spec = pipeline_spec(
-        node_spec("src", DropsSource, CtlParams(ctl, count=12)),
-        node_spec("sink", GatedSink, CtlParams(ctl), inputs=[InputSpec("src", 3, policy)]),
-    )
-    ex = LocalExecutor(spec)
+    ex = LocalExecutor(_slow_consumer_spec(ctl, policy, DropsSource))
     report = ex.run()
     assert ctl.seen == delivered
     dropped = ex.nodes["src"].dropped

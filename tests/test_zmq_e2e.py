@@ -182,6 +182,19 @@ def slow_pipeline(tmp_path: Path, queue: str, edge: str = "{from: requests, queu
     return pipeline, release
 
 
+def stall_and_flood(client: Client, release: Path, while_stalled) -> tuple[list, list]:
+    """Stall `slow_pipeline` with a held frame (stream "h"), send ten frames of stream "s", collect
+    what `while_stalled()` receives before the release, then release it: (early replies, every reply
+    in send order, the held one first)."""
+    held = client.send(np.zeros(1), stream="h", meta={"hold": True})
+    assert client.ping()["accepted"] == 1
+    ids = [client.send(np.full(1, i), stream="s") for i in range(1, 11)]
+    early = while_stalled()
+    release.touch()
+    answered = {r.request_id: r for r in early}
+    return early, [answered.pop(i) if i in answered else client.recv(i) for i in [held, *ids]]
+
+
 def test_stopping_the_server_still_answers_accepted_requests(tmp_path):
     pipeline, release = slow_pipeline(tmp_path, "bounded")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -211,17 +224,15 @@ def test_latest_only_mode_drops_under_a_slow_pipeline_and_counts(tmp_path):
             srv.wait_ready(client)
             # Its own stream: `accepted` counts it before the source hands it on, and a frame of the same
             # stream read in that same drain would replace it (latest-only is per client and stream).
-            held = client.send(np.zeros(1), stream="h", meta={"hold": True})
-            assert client.ping()["accepted"] == 1
-            ids = [client.send(np.full(1, i), stream="s") for i in range(1, 11)]
-            early = []  # while the pipeline is stalled only `overloaded` errors (if any) can come back
-            with pytest.raises(ReplyTimeout):
-                while True:
-                    early.append(client.recv(timeout=0.5))
+            def while_stalled() -> list:  # only `overloaded` errors (if any) can come back
+                early = []
+                with pytest.raises(ReplyTimeout):
+                    while True:
+                        early.append(client.recv(timeout=0.5))
+                return early
+
+            early, replies = stall_and_flood(client, release, while_stalled)
             assert all(r.error["code"] == P.OVERLOADED for r in early), [r.header for r in early]
-            release.touch()
-            answered = {r.request_id: r for r in early}
-            replies = [answered.pop(i) if i in answered else client.recv(i) for i in [held, *ids]]
             stats = client.ping()
     finally:
         release.touch()
@@ -242,14 +253,8 @@ def test_a_request_dropped_by_a_lossy_queue_inside_the_pipeline_is_answered_over
     try:
         with Client(endpoint, timeout=15) as client:
             srv.wait_ready(client)
-            held = client.send(np.zeros(1), stream="h", meta={"hold": True})
-            ids = [client.send(np.full(1, i), stream="s") for i in range(1, 11)]
-            early = []  # while the pipeline is stalled, the dropped ones are answered (not timed out)
-            while len(early) < 9:
-                early.append(client.recv(timeout=10))
-            release.touch()
-            answered = {r.request_id: r for r in early}
-            replies = [answered.pop(i) if i in answered else client.recv(i) for i in [held, *ids]]
+            # while the pipeline is stalled, the dropped ones are answered (not timed out)
+            early, replies = stall_and_flood(client, release, lambda: [client.recv(timeout=10) for _ in range(9)])
             stats = client.ping()
     finally:
         release.touch()
