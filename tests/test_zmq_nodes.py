@@ -88,3 +88,58 @@ def test_reply_sink_needs_a_router_source():
     with pytest.raises(LookupError, match="no endpoint and 0 router sources"):
         sink.process(Frame("s", 0, 0, np.zeros(2), {"zmq.key": 1}))
     sink.teardown()
+
+
+def _serve_and_tap(scope: str | None):
+    """A router source answering through passthrough, with a CollectSink tapping what the pipeline sees."""
+    from stream.nodes.passthrough import Passthrough
+    from stream.testing import CollectSink, node_spec, pipeline_spec
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    params = ZmqSourceParams(endpoint=endpoint) if scope is None else ZmqSourceParams(endpoint=endpoint, stream_scope=scope)
+    spec = pipeline_spec(node_spec("src", ZmqSource, params),
+                         node_spec("op", Passthrough, inputs=["src"]),
+                         node_spec("replies", ZmqSink, ZmqSinkParams(mode="reply", endpoint=endpoint), inputs=["op"]),
+                         node_spec("tap", CollectSink, inputs=["src"]))
+    return endpoint, LocalExecutor(spec, free_running=True).start()
+
+
+@pytest.mark.parametrize("scope", [None, "shared"])
+def test_router_streams_are_scoped_per_client_unless_shared(scope):
+    """Two robots that both call their camera "cam0" must not share continual state: by default the
+    pipeline sees CLIENT/STREAM (the header's `client`, else the ROUTER peer id); replies echo the
+    client's own stream name either way."""
+    from stream.zmq import Client, ServerError
+
+    endpoint, ex = _serve_and_tap(scope)
+    ctx = zmq.Context()
+    req = ctx.socket(zmq.REQ)  # a raw client that does not name itself
+    try:
+        with Client(endpoint, client="robot1", timeout=20) as one, Client(endpoint, timeout=20) as two:
+            replies = [one.request(np.zeros(2), stream="cam0"), two.request(np.ones(2), stream="cam0")]
+            req.connect(endpoint)
+            descriptors, buffers = P.encode_tensors({"x": np.zeros(1)})
+            req.send_multipart([P.pack_header(P.MSG_FRAME, {"request_id": 1, "stream": "cam0", "tensors": descriptors}),
+                                *buffers])
+            assert req.poll(20_000)
+            replies.append(P.decode(req.recv_multipart()))
+            for bad in (7, "", "x" * 129):
+                with pytest.raises(ServerError, match="malformed_header.*'client'"):
+                    one.send_raw([P.pack_header(P.MSG_FRAME, {"request_id": 99, "client": bad, "tensors": []})])
+                    one._outstanding.add(99)
+                    one.recv(99).raise_for_status()
+            second_name = two.client
+    finally:
+        ex.request_stop("test done")
+        ex.nodes["src"].stop()
+        ex.wait(timeout=20)
+        req.close(linger=0)
+        ctx.term()
+    assert [r.stream for r in replies[:2]] == ["cam0", "cam0"] and replies[2].header["stream"] == "cam0"
+    seen = [f.stream for f in ex.nodes["tap"].frames]
+    if scope == "shared":
+        assert seen == ["cam0"] * 3
+    else:
+        assert seen[:2] == ["robot1/cam0", f"{second_name}/cam0"]
+        assert second_name.startswith(socket.gethostname() + "-")
+        assert seen[2].startswith("peer-") and seen[2].endswith("/cam0")

@@ -48,22 +48,27 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
     clips = {s: rng.standard_normal((FRAMES, 3, 25, 2)).astype(np.float32) for s in ("robot/a", "robot/b")}
     expected = reference(weights, clips)
     assert sorted(t for s, t in expected if s == "robot/a") == list(range(WINDOW - 1, FRAMES))
+    # a second robot whose camera has the same name as the first one's: its own state, its own predictions
+    other_clip = rng.standard_normal((FRAMES, 3, 25, 2)).astype(np.float32)
+    other_expected = reference(weights, {"robot/a": other_clip})
 
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     # --reply-timeout 120: were a warm-up frame left to time out, its reply would be an error, not "ok"
     srv = Server(tmp_path, str(REPO / "pipelines" / "skeleton_action.yaml"), endpoint, "--reply-timeout", "120",
                  "--set", f"model.weights={weights}", "--set", f"model.window={WINDOW}")
     try:
-        with Client(endpoint, timeout=120) as client:
+        with Client(endpoint, timeout=120) as client, Client(endpoint, timeout=120, client="robot2") as other:
             srv.wait_ready(client)
-            replies = {}
+            replies, other_replies = {}, {}
             for t in range(FRAMES):
-                # both streams in flight together (the server may step them as one batch); one sends
-                # a bare array, the other a {name: array} dict
+                # all three streams in flight together (the server may step them as one batch); one
+                # sends a bare array, the others a {name: array} dict
                 ids = {s: client.send(clips[s][t] if s == "robot/a" else {"skeleton": clips[s][t]}, stream=s, seq=t)
                        for s in clips}
+                other_id = other.send({"skeleton": other_clip[t]}, stream="robot/a", seq=t)
                 for s, request_id in ids.items():
                     replies[(s, t)] = client.recv(request_id).raise_for_status()
+                other_replies[("robot/a", t)] = other.recv(other_id).raise_for_status()
             stats = client.ping()
     finally:
         assert srv.stop() == 0, srv.log.read_text()
@@ -78,7 +83,14 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
         else:  # warm-up: answered at once, status ok, nothing to report yet
             assert reply.arrays == {} and reply.meta == {"no_output": "model"}, key
             assert "model" in reply.latency and reply.latency["total"] >= reply.latency["model"]
-    assert stats["no_output"] == 2 * (WINDOW - 1) and stats.get("timeouts", 0) == 0
+    assert stats["no_output"] == 3 * (WINDOW - 1) and stats.get("timeouts", 0) == 0
+    for key, reply in other_replies.items():
+        assert (reply.stream, reply.seq) == key
+        if key in other_expected:
+            np.testing.assert_allclose(reply.arrays["scores"], other_expected[key], rtol=1e-5, atol=1e-6)
+        else:
+            assert reply.meta == {"no_output": "model"}, key
+    assert sorted(other_expected) == [k for k, r in sorted(other_replies.items()) if r.arrays]
 
 
 @pytest.mark.slow

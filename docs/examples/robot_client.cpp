@@ -53,6 +53,7 @@ zmq::message_t make_header(uint8_t type, const nlohmann::json& header) {
 
 struct Options {
     std::string endpoint;
+    std::string client = "robot-cpp";  // this robot's name: the server keeps its streams apart from others'
     int frames = 10;
     int height = 480;
     int width = 640;
@@ -79,6 +80,7 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--height" && (v = value("--height"))) o.height = std::atoi(v);
         else if (a == "--width" && (v = value("--width"))) o.width = std::atoi(v);
         else if (a == "--dtype" && (v = value("--dtype"))) o.dtype = v;
+        else if (a == "--client" && (v = value("--client"))) o.client = v;
         else if (a == "--expect-error" && (v = value("--expect-error"))) o.expect_error = v;
         else if (a == "--timeout-ms" && (v = value("--timeout-ms"))) o.timeout_ms = std::atoi(v);
         else if (a == "--check-echo") o.check_echo = true;
@@ -93,7 +95,7 @@ int main(int argc, char** argv) {
     Options opt;
     if (!parse_args(argc, argv, opt)) {
         std::fprintf(stderr,
-                     "usage: %s ENDPOINT [--frames N] [--height H] [--width W] [--check-echo]\n"
+                     "usage: %s ENDPOINT [--client NAME] [--frames N] [--height H] [--width W] [--check-echo]\n"
                      "       [--dtype NAME --expect-error CODE] [--timeout-ms MS]\n",
                      argv[0]);
         return 1;
@@ -112,7 +114,8 @@ int main(int argc, char** argv) {
         const int64_t t_capture = monotonic_ns();
         const int request_id = seq + 1;
         const nlohmann::json header = {
-            {"request_id", request_id}, {"stream", "front_cam"}, {"seq", seq}, {"t_capture_ns", t_capture},
+            {"request_id", request_id}, {"client", opt.client}, {"stream", "front_cam"}, {"seq", seq},
+            {"t_capture_ns", t_capture},
             {"tensors", {{{"name", "image"}, {"dtype", opt.dtype}, {"shape", {opt.height, opt.width, 3}},
                           {"encoding", "raw"}, {"nbytes", nbytes}}}}};
         std::vector<zmq::message_t> parts;

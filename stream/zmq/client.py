@@ -8,6 +8,9 @@ waiting for a reply that died with the old server).
         reply = client.request({"image": frame}, stream="cam0")
         print(reply.arrays["image"].shape, reply.latency)
 
+Each client names itself in every FRAME header (`client=`, default: host name plus a random suffix);
+the server keeps per-stream state per client, so two robots that both send "cam0" never mix.
+
 Reply arrays are read-only numpy views of the received ZeroMQ buffers (no copy); `.copy()` them to
 modify in place.
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -80,10 +85,17 @@ def parse_reply(parts: list[Any], limits: P.Limits) -> Reply:
                  h.get("error"), tensors, _as_dict(h.get("meta")), _as_dict(h.get("latency")), h)
 
 
+def default_client_name() -> str:
+    """Host name plus a random suffix: unique per Client object, kept across reconnects."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 class _Encoder:
     """Request ids and per-stream sequence numbers, shared by both clients."""
 
-    def __init__(self) -> None:
+    def __init__(self, client: str | None = None) -> None:
+        # Sent in every FRAME header: the server scopes stream ids by it (two robots' "cam0" stay apart).
+        self.client = P.client_name(default_client_name() if client is None else client)
         self._ids = itertools.count(1)
         self._seq: dict[str, int] = {}
         self._descriptors: dict[tuple, list[dict[str, Any]]] = {}  # (dtype, shape) -> the one-array descriptor
@@ -110,7 +122,7 @@ class _Encoder:
             buffers = [P.raw_buffer(single)]
         else:
             descriptors, buffers = P.encode_tensors(arrays, encoding)
-        header = {"request_id": request_id, "stream": stream, "seq": seq,
+        header = {"request_id": request_id, "client": self.client, "stream": stream, "seq": seq,
                   "t_capture_ns": now_ns() if t_capture_ns is None else t_capture_ns,
                   "meta": {} if meta is None else dict(meta), "tensors": descriptors}
         # Only ints, strings and descriptors unless the caller passed meta or an odd stream/time stamp.
@@ -141,16 +153,21 @@ class Client:
     """Blocking client. Not thread-safe: use one per thread."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", curve: CurveClient | None = None,
-                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits()) -> None:
+                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits(), client: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.limits = limits
+        self._enc = _Encoder(client)
         self._ctx = zmq.Context()
         self._sock = _socket(self._ctx, endpoint, curve, hwm)
-        self._enc = _Encoder()
         self._early: dict[Any, Reply] = {}
         self._outstanding: set[int] = set()  # sent and neither answered nor given up on
         self._rcvtimeo = -1  # the socket's current RCVTIMEO (ms); set only when a wait needs another
+
+    @property
+    def client(self) -> str:
+        """This client's name in FRAME headers; the server's pipeline sees its streams as CLIENT/STREAM."""
+        return self._enc.client
 
     def send(self, arrays: Any, stream: str = "default", seq: int | None = None, *, t_capture_ns: int | None = None,
              meta: Mapping[str, Any] | None = None, encoding: Mapping[str, str] | None = None) -> int:
@@ -227,15 +244,20 @@ class AsyncClient:
     """asyncio client: many concurrent `await request(...)` calls share one DEALER socket."""
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5555", curve: CurveClient | None = None,
-                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits()) -> None:
+                 timeout: float = 5.0, hwm: int = 64, limits: P.Limits = P.Limits(), client: str | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.limits = limits
+        self._enc = _Encoder(client)
         self._ctx = zmq.asyncio.Context()
         self._sock = _socket(self._ctx, endpoint, curve, hwm)
-        self._enc = _Encoder()
         self._waiting: dict[Any, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
+
+    @property
+    def client(self) -> str:
+        """This client's name in FRAME headers; the server's pipeline sees its streams as CLIENT/STREAM."""
+        return self._enc.client
 
     async def _read(self) -> None:
         while True:

@@ -500,6 +500,17 @@ def header_field(header: Mapping[str, Any], name: str, kind: type, default: Any)
     return value
 
 
+MAX_CLIENT_NAME = 128
+
+
+def client_name(value: Any) -> str:
+    """The FRAME header's optional `client` field: a non-empty string of at most 128 characters."""
+    if value.__class__ is not str or not 0 < len(value) <= MAX_CLIENT_NAME:
+        raise ProtocolError(MALFORMED_HEADER, f"header field 'client' must be a non-empty string of at most "
+                            f"{MAX_CLIENT_NAME} characters (a name for the sending robot or process), got {value!r:.80}")
+    return value
+
+
 def json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON-serialisable entries of a meta mapping, skipping reserved `zmq.` keys."""
     out: dict[str, Any] = {}

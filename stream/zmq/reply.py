@@ -54,7 +54,7 @@ def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quali
     t_reply = now_ns()
     header = {
         "request_id": meta.get("zmq.request_id"),
-        "stream": frame.stream,
+        "stream": meta.get("zmq.stream", frame.stream),  # the client's name for a client-scoped stream
         "seq": frame.seq,
         "t_capture_ns": frame.t_capture,
         "t_reply_ns": t_reply,

@@ -38,6 +38,9 @@ class ZmqSourceParams:
     queue: Literal["latest", "bounded"] = "bounded"  # latest: keep the newest waiting frame per stream
     hwm: int = 64  # ZeroMQ high-water mark (messages) of the socket
     unwrap_single: bool = True  # a message with one tensor becomes an ndarray, not {name: ndarray}
+    # client: the pipeline sees stream "CLIENT/STREAM" (CLIENT: the header's `client`, else the ROUTER
+    # peer), so robots that name their cameras alike never share continual state; shared: "STREAM" as sent
+    stream_scope: Literal["client", "shared"] = "client"
     reply_timeout_s: float = 5.0  # router: error reply `timeout` when the pipeline produced no reply
     shutdown_grace_s: float = 2.0  # router: on stop, wait this long for replies to accepted requests
     max_message_bytes: int = 64 * 1024 * 1024  # larger messages get `message_too_large`
@@ -52,6 +55,8 @@ class ZmqSourceParams:
     def __post_init__(self) -> None:
         if self.hwm < 1:
             raise ValueError(f"hwm must be >= 1, got {self.hwm}")
+        if self.stream_scope not in ("client", "shared"):
+            raise ValueError(f"stream_scope must be 'client' or 'shared', got {self.stream_scope!r}")
         if self.reply_timeout_s <= 0 or self.shutdown_grace_s < 0:
             raise ValueError(f"reply_timeout_s must be positive and shutdown_grace_s >= 0, got "
                              f"{self.reply_timeout_s} and {self.shutdown_grace_s}")
@@ -67,6 +72,11 @@ class ZmqSourceParams:
     def limits(self) -> P.Limits:
         return P.Limits(self.max_message_bytes, self.max_tensor_bytes, self.max_tensors, self.max_dims,
                         self.max_elements)
+
+
+def _peer_name(peer: bytes) -> str:
+    """A client that did not name itself: its ROUTER routing id (new on each reconnect)."""
+    return "peer-" + peer.hex()
 
 
 class ZmqSource(Source):
@@ -95,6 +105,7 @@ class ZmqSource(Source):
         self._reply_timeout_ns = int(self.params.reply_timeout_s * 1e9)
         self._thread: int | None = None  # ident of the thread running frames() (owns the sockets)
         self._unwrap_single = self.params.unwrap_single
+        self._scoped = self.params.stream_scope == "client"
         self._inproc_used = False  # a reply sink pushes over inproc (set from its thread by attach)
         self._endpoint = self.params.endpoint
         self._inproc_address: str | None = None
@@ -291,6 +302,11 @@ class ZmqSource(Source):
             client_meta = header.get("meta", _NO_META)
             if client_meta.__class__ is not dict:
                 client_meta = P.header_field(header, "meta", dict, _NO_META)
+            client = header.get("client")
+            if client is not None:
+                client = P.client_name(client)
+            elif peer is not None:
+                client = _peer_name(peer)
             if request_id is not None and request_id.__class__ is not int and not isinstance(request_id, (int, str)):
                 raise P.ProtocolError(P.MALFORMED_HEADER, f"request_id must be an integer or string, got {request_id!r}")
         except P.ProtocolError as exc:
@@ -308,6 +324,9 @@ class ZmqSource(Source):
             return None
         meta = {k: v for k, v in client_meta.items() if not str(k).startswith("zmq.")} if client_meta else {}
         meta["zmq.t_recv_ns"] = t_recv
+        if self._scoped and client is not None and stream is not None:
+            meta["zmq.stream"] = stream  # the client's own name for it, echoed in the reply
+            stream = f"{client}/{stream}"
         if self._unwrap_single and len(tensors) == 1:
             (name, data), = tensors.items()
             meta["zmq.tensor"] = name
@@ -320,7 +339,8 @@ class ZmqSource(Source):
             meta["zmq.key"] = key
             meta["zmq.request_id"] = request_id
             meta["zmq.endpoint"] = self._endpoint
-            self._pending[key] = (t_recv + self._reply_timeout_ns, peer, envelope, (request_id, stream, seq))
+            self._pending[key] = (t_recv + self._reply_timeout_ns, peer, envelope,
+                                  (request_id, meta.get("zmq.stream", stream), seq))
         self._accepted += 1
         if seq is None or stream is None:
             return self.make_frame(data, stream, seq=seq, t_capture=t_capture, meta=meta)
