@@ -32,7 +32,7 @@ from typing import Any, Collection
 from stream.frame import Frame, now_ns
 from stream.join import Joiner
 from stream.metrics import LatencyStats, samples_ms
-from stream.node import NodeContext, as_frames
+from stream.node import FrameFailure, NodeContext, as_outputs
 from stream.placement import DevicePlacement, DeviceUnavailableError, resolve_device
 from stream.report import EdgeReport, ErrorRecord, NodeReport, RunReport
 from stream.spec import ErrorPolicy, PipelineSpec, QueuePolicy
@@ -475,11 +475,13 @@ class LocalExecutor:
             self._emit(worker, result, t1)
             return True
         try:
-            out = as_frames(result)
+            out, failures = as_outputs(result)
         except TypeError as exc:
             return self._on_error(worker, frame, exc)
+        if failures and not self._fail_frames(worker, failures):
+            return False
         if worker.ends_unanswered:
-            self._tell_ended(worker, [frame], out)
+            self._tell_ended(worker, [frame], out, failures)
         m.frames_out += len(out)
         for item in out:
             self._emit(worker, item, t1)
@@ -523,17 +525,19 @@ class LocalExecutor:
             return True
         try:
             if len(frames) == 1 and worker.spec.max_batch == 1:
-                out = as_frames(node.process(frames[0]))
+                out, failures = as_outputs(node.process(frames[0]))
             else:
-                out = as_frames(node.process_batch(frames))
+                out, failures = as_outputs(node.process_batch(frames))
         except Exception as exc:
             keep_going = True
             for frame in frames:
                 keep_going = self._on_error(worker, frame, exc) and keep_going
             return keep_going
         t1 = now_ns()
+        if failures and not self._fail_frames(worker, failures):
+            return False
         if worker.ends_unanswered:
-            self._tell_ended(worker, frames, out)
+            self._tell_ended(worker, frames, out, failures)
         m.service_ns.append(t1 - t0)
         m.batches += 1
         m.frames_out += len(out)
@@ -607,11 +611,20 @@ class LocalExecutor:
         """A lossy edge into `node` dropped `frame` (called by the producer after the queue's lock)."""
         self._tell_source(frame, node, "dropped")
 
-    def _tell_ended(self, worker: Worker, frames: list[Frame], out: list[Frame]) -> None:
-        """The inputs of an `outputs_follow_inputs` operator that got no output in this call."""
+    def _fail_frames(self, worker: Worker, failures: list[FrameFailure]) -> bool:
+        """Inputs a batched step returned as failed: each fails alone; False if the node must stop."""
+        keep_going = True
+        for failure in failures:
+            keep_going = self._on_error(worker, failure.frame, failure.error) and keep_going
+        return keep_going
+
+    def _tell_ended(self, worker: Worker, frames: list[Frame], out: list[Frame],
+                    failures: list[FrameFailure] = ()) -> None:
+        """The inputs of an `outputs_follow_inputs` operator that got no output in this call (and did
+        not fail: a failed one has been reported already)."""
         if len(frames) == 1 and out and out[0].stream == frames[0].stream and out[0].seq == frames[0].seq:
             return  # the usual case: one input, its output
-        answered = {(f.stream, f.seq) for f in out}
+        answered = {(f.stream, f.seq) for f in out} | {(f.frame.stream, f.frame.seq) for f in failures}
         for frame in frames:
             if (frame.stream, frame.seq) not in answered:
                 self._tell_source(frame, worker.name, "ended")

@@ -163,10 +163,18 @@ class Operator(Node):
     def process(self, frame: Frame) -> Frame | Iterable[Frame] | None:
         raise NotImplementedError(f"{type(self).__name__} must implement process(frame)")
 
-    def process_batch(self, frames: list[Frame]) -> list[Frame]:
-        out: list[Frame] = []
+    def process_batch(self, frames: list[Frame]) -> list[Frame | FrameFailure]:
+        """Frames that arrived together. A frame that raises is returned as a FrameFailure, so that it
+        fails alone instead of taking the frames batched with it down too."""
+        out: list[Frame | FrameFailure] = []
         for frame in frames:
-            out.extend(as_frames(self.process(frame)))
+            try:
+                frames_out, failures = as_outputs(self.process(frame))
+            except Exception as exc:
+                out.append(FrameFailure(frame, exc))
+                continue
+            out.extend(frames_out)
+            out.extend(failures)
         return out
 
 
@@ -179,17 +187,32 @@ class Sink(Node):
         raise NotImplementedError(f"{type(self).__name__} must implement process(frame)")
 
 
-def as_frames(result: Frame | Iterable[Frame] | None) -> list[Frame]:
-    """Normalise what `Operator.process` returned into a list of frames."""
+@dataclass(frozen=True)
+class FrameFailure:
+    """An input that a batched step could not process, returned among its outputs by
+    `process_batch`: the runtime fails that frame alone (counted, its source told, the node's
+    `on_error` policy applied) and emits the outputs of the frames it was batched with."""
+
+    frame: Frame
+    error: BaseException
+
+
+def as_outputs(result: Any) -> tuple[list[Frame], list[FrameFailure]]:
+    """What an operator returned: the frames to emit and the inputs that failed (FrameFailure)."""
     if result is None:
-        return []
+        return [], []
     if isinstance(result, Frame):
-        return [result]
-    frames = list(result)
-    for item in frames:
-        if not isinstance(item, Frame):
+        return [result], []
+    frames: list[Frame] = []
+    failures: list[FrameFailure] = []
+    for item in result:
+        if isinstance(item, Frame):
+            frames.append(item)
+        elif isinstance(item, FrameFailure):
+            failures.append(item)
+        else:
             raise TypeError(
                 f"process() must return Frame, an iterable of Frame or None; got an item of type "
                 f"{type(item).__name__}. Wrap data with frame.derive(data)."
             )
-    return frames
+    return frames, failures

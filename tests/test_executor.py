@@ -735,6 +735,45 @@ def test_the_source_of_a_failed_frame_is_told_which_node_failed():
         (e.seq, "flaky") for e in report.errors]
 
 
+class FailureRecordingStepSource(StepSource):
+    """StepSource that records the frames the runtime says failed downstream."""
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.failures: list[tuple[int, str]] = []
+
+    def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
+        self.failures.append((frame.seq, node))
+
+
+class GatedFlaky(Flaky):
+    """Flaky behind the gate, stepping what queued up meanwhile with the default process_batch."""
+
+    def process_batch(self, frames: list[Frame]) -> list:
+        c = self.params.ctl
+        c.entered.set()
+        assert c.release.wait(GUARD_S)
+        c.batches.append(len(frames))
+        return super().process_batch(frames)
+
+
+def test_a_frame_that_fails_in_a_batch_fails_alone():
+    """One bad frame (one robot's) must not fail the frames batched with it (other robots')."""
+    ctl, n = Ctl(), 12
+    spec = pipeline_spec(
+        node_spec("src", FailureRecordingStepSource, CtlParams(ctl, count=n)),
+        node_spec("op", GatedFlaky, CtlParams(ctl, raise_at=5), inputs=["src"], queue_size=n, max_batch=4),
+        node_spec("out", CollectSink, inputs=["op"], queue_size=n),
+    )
+    ex = LocalExecutor(spec)
+    report = ex.run()
+    assert max(ctl.batches) == 4  # seq 5 was stepped together with others
+    assert [f.seq for f in ex.nodes["out"].frames] == [s for s in range(n) if s != 5]
+    assert report.nodes["op"].failed == 1 and ex.nodes["src"].failures == [(5, "op")]
+    assert [(e.node, e.seq) for e in report.errors] == [("op", 5)]
+    assert_accounted(report)
+
+
 class EndsSource(ListSource):
     """Records the frames the runtime says ended in a node without output."""
 

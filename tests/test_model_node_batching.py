@@ -168,3 +168,65 @@ def test_streams_started_apart_step_on_one_ring_position_once_batched():
     for key, y in got.items():
         torch.testing.assert_close(y, expected[key], rtol=1e-5, atol=1e-6)
     assert len(got) > 8
+
+
+def fresh_from(frames: list[Frame], start: int) -> dict[tuple[str, int], torch.Tensor]:
+    """A new node fed one stream's frames from `start` on: what a stream that starts afresh there gives."""
+    n = node()
+    return {(r.stream, r.seq): r.data["y"] for f in frames[start:] for r in n.process(f)}
+
+
+def test_one_streams_bad_frame_fails_alone_and_restarts_only_that_stream():
+    from stream.node import FrameFailure
+
+    frames = clips(["a", "b", "c"], 14)
+    expected = alone({s: frames[s] for s in ("a", "c")})
+    bad_at = 5
+    n = node()
+    got, failures = {}, []
+    for t in range(14):
+        batch = [frames[s][t] if (s, t) != ("b", bad_at) else Frame("b", t, t, "not a tensor") for s in "abc"]
+        for item in n.process_batch(batch):
+            if isinstance(item, FrameFailure):
+                failures.append((item.frame.stream, item.frame.seq, type(item.error)))
+            else:
+                got[(item.stream, item.seq)] = item.data["y"]
+    assert failures == [("b", bad_at, AttributeError)]
+    for key, y in expected.items():  # a and c, batched with b throughout, as if alone
+        torch.testing.assert_close(got[key], y, rtol=1e-5, atol=1e-6, msg=str(key))
+    assert {k for k in got if k[0] == "b" and k[1] < bad_at} == {k for k in alone({"b": frames["b"]}) if k[1] < bad_at}
+    restarted = fresh_from(frames["b"], bad_at + 1)  # the failed frame is a gap: b starts afresh after it
+    assert {k: v for k, v in got.items() if k[0] == "b" and k[1] > bad_at}.keys() == restarted.keys()
+    for key, y in restarted.items():
+        torch.testing.assert_close(got[key], y, rtol=1e-5, atol=1e-6, msg=str(key))
+    with pytest.raises(AttributeError):  # one frame alone: process() raises as before
+        n.process(Frame("c", 14, 14, "not a tensor"))
+
+
+def test_a_failing_step_fails_its_group_and_restarts_those_streams(monkeypatch):
+    from stream.node import FrameFailure
+
+    frames = clips(["a", "b"], 14)
+    n = node()
+    real_step, fail_at = n.model.step, 6
+
+    def step(x, state):
+        if calls.append(None) or len(calls) == fail_at + 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_step(x, state)
+
+    calls: list[None] = []
+    monkeypatch.setattr(n.model, "step", step)
+    got, failures = {}, []
+    for t in range(14):
+        for item in n.process_batch([frames["a"][t], frames["b"][t]]):
+            if isinstance(item, FrameFailure):
+                failures.append((item.frame.stream, item.frame.seq))
+            else:
+                got[(item.stream, item.seq)] = item.data["y"]
+    assert failures == [("a", fail_at), ("b", fail_at)]
+    for s in "ab":  # an in-place step may have half-updated them: both start afresh after it
+        restarted = fresh_from(frames[s], fail_at + 1)
+        assert {k for k in got if k[0] == s and k[1] > fail_at} == restarted.keys()
+        for key, y in restarted.items():
+            torch.testing.assert_close(got[key], y, rtol=1e-5, atol=1e-6, msg=str(key))

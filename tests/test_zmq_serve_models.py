@@ -57,18 +57,23 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
     srv = Server(tmp_path, str(REPO / "pipelines" / "skeleton_action.yaml"), endpoint, "--reply-timeout", "120",
                  "--set", f"model.weights={weights}", "--set", f"model.window={WINDOW}")
     try:
-        with Client(endpoint, timeout=120) as client, Client(endpoint, timeout=120, client="robot2") as other:
+        with (Client(endpoint, timeout=120) as client, Client(endpoint, timeout=120, client="robot2") as other,
+              Client(endpoint, timeout=120, client="robot3") as broken):
             srv.wait_ready(client)
             replies, other_replies = {}, {}
             for t in range(FRAMES):
-                # all three streams in flight together (the server may step them as one batch); one
-                # sends a bare array, the others a {name: array} dict
+                # all streams in flight together (the server may step them as one batch); one sends
+                # a bare array, the others a {name: array} dict
+                bad_id = broken.send(np.zeros((3, 25, 3), np.float32), stream="robot/a", seq=t) if t == WINDOW else None
                 ids = {s: client.send(clips[s][t] if s == "robot/a" else {"skeleton": clips[s][t]}, stream=s, seq=t)
                        for s in clips}
                 other_id = other.send({"skeleton": other_clip[t]}, stream="robot/a", seq=t)
                 for s, request_id in ids.items():
                     replies[(s, t)] = client.recv(request_id).raise_for_status()
                 other_replies[("robot/a", t)] = other.recv(other_id).raise_for_status()
+                if bad_id is not None:  # a malformed skeleton fails alone, not the frames batched with it
+                    bad = broken.recv(bad_id)
+                    assert bad.error["code"] == "node_failed" and "(3, 25, 2)" in bad.error["message"]
             stats = client.ping()
     finally:
         assert srv.stop() == 0, srv.log.read_text()

@@ -24,7 +24,7 @@ from torch import Tensor
 from operators.base import ContinualModule
 from operators.state import align_positions, select_streams, stack_states, state_phase
 from stream.frame import Frame
-from stream.node import NodeContext, Operator
+from stream.node import FrameFailure, NodeContext, Operator
 from stream.state import StreamStates
 
 log = logging.getLogger("costream.operators.nodes")
@@ -114,10 +114,14 @@ class ContinualModelNode(Operator):
         )
 
     def process(self, frame: Frame) -> list[Frame]:
-        return self.process_batch([frame])
+        out = self.process_batch([frame])
+        for item in out:
+            if isinstance(item, FrameFailure):  # one frame: its failure is the call's
+                raise item.error
+        return out
 
-    def process_batch(self, frames: list[Frame]) -> list[Frame]:
-        out: list[Frame] = []
+    def process_batch(self, frames: list[Frame]) -> list[Frame | FrameFailure]:
+        out: list[Frame | FrameFailure] = []
         for round_frames in _rounds(frames):
             out.extend(self._step_round(round_frames))
         return out
@@ -127,32 +131,47 @@ class ContinualModelNode(Operator):
         self.states.reset(stream)
 
     # Internals -------------------------------------------------------------------------------
-    def _step_round(self, frames: list[Frame]) -> list[Frame]:
-        """Step frames of distinct streams; streams in the same state phase share one batched step."""
-        groups: dict[tuple, list[tuple[Frame, _Row]]] = {}
+    def _step_round(self, frames: list[Frame]) -> list[Frame | FrameFailure]:
+        """Step frames of distinct streams; streams in the same state phase share one batched step.
+
+        A frame whose input is unusable fails alone (FrameFailure) before any state is touched: its
+        stream's next frame then follows a gap, and the streams batched with it step as usual. A
+        failing step fails its whole group, and those streams start afresh (an in-place step may
+        have changed part of their state)."""
+        groups: dict[tuple, list[tuple[Frame, _Row, Tensor]]] = {}
         phases: dict[int, tuple] = {}  # id(batched state) -> its phase, walked once per round
-        for frame in frames:
-            if frame.meta.get("discontinuity") and frame.stream in self.states:
-                # the sensor restarted (a looping file, a reconnected camera): the past no longer
-                # leads up to this frame, so the stream's continual state starts afresh
-                self.states.reset(frame.stream)
-            row = self.states.get(frame)
-            phase = phases.get(id(row.batch))
-            if phase is None:  # (every row of a batched state is in the phase of the whole batch)
-                phase = phases[id(row.batch)] = state_phase(row.batch)
-            groups.setdefault(phase, []).append((frame, row))
-        out: list[Frame] = []
+        out: list[Frame | FrameFailure] = []
         with torch.inference_mode():
+            for frame in frames:
+                try:
+                    x = self._prepare(frame)
+                except Exception as exc:
+                    out.append(FrameFailure(frame, exc))
+                    continue
+                if frame.meta.get("discontinuity") and frame.stream in self.states:
+                    # the sensor restarted (a looping file, a reconnected camera): the past no longer
+                    # leads up to this frame, so the stream's continual state starts afresh
+                    self.states.reset(frame.stream)
+                row = self.states.get(frame)
+                phase = phases.get(id(row.batch))
+                if phase is None:  # (every row of a batched state is in the phase of the whole batch)
+                    phase = phases[id(row.batch)] = state_phase(row.batch)
+                groups.setdefault(phase, []).append((frame, row, x))
             for members in groups.values():
-                batched, order = _batch_for([row for _, row in members])
-                x = torch.stack([self._prepare(members[k][0]) for k in order])
-                y, new_state = self.model.step(x, batched)
+                batched, order = _batch_for([row for _, row, _ in members])
+                try:
+                    y, new_state = self.model.step(torch.stack([members[k][2] for k in order]), batched)
+                except Exception as exc:
+                    for frame, _, _ in members:
+                        self.states.reset(frame.stream)
+                        out.append(FrameFailure(frame, exc))
+                    continue
                 for position, k in enumerate(order):
                     self.states.put(members[k][0].stream, _Row(new_state, position, len(order)))
                 if y is None:
                     continue
                 position_of = {k: position for position, k in enumerate(order)}
-                for k, (frame, _) in enumerate(members):  # outputs in arrival order
+                for k, (frame, _, _) in enumerate(members):  # outputs in arrival order
                     y_k = y[position_of[k]]
                     out.append(frame.derive(self.output_data(frame, y_k), meta=self.output_meta(frame)))
         return out
