@@ -62,6 +62,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_cpu_ns(pid: int) -> int | None:
+    """CPU time of all of a process's threads so far (Linux /proc), or None where unavailable.
+    CPU per request moves far less between runs than latency does on a shared machine."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):  # a thread that just ended
+                continue
+    except OSError:
+        return None
+    return total
+
+
 def percentile(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples), q))
 
@@ -118,21 +134,33 @@ def run(iterations: int, rounds: int, warmup: int, variants: dict[str, list[str]
 
             calls = {name: (lambda c=client: ours(c)) for name, client in clients.items()}
             calls["raw"] = raw
+            server_pid = {**{name: proc.pid for name, proc in servers.items()}, "raw": echo.pid}
             for fn in calls.values():
                 for _ in range(warmup):
                     fn()
             samples: dict[str, list[float]] = {key: [] for key in calls}
+            server_cpu: dict[str, int | None] = dict.fromkeys(calls, 0)
+            client_cpu = dict.fromkeys(calls, 0)
             per_round = max(1, iterations // rounds)
             for _ in range(rounds):
                 for key, fn in calls.items():
+                    cpu0, thread0 = process_cpu_ns(server_pid[key]), time.thread_time_ns()
                     for _ in range(per_round):
                         t0 = time.perf_counter()
                         fn()
                         samples[key].append((time.perf_counter() - t0) * 1e6)
+                    client_cpu[key] += time.thread_time_ns() - thread0
+                    cpu1 = process_cpu_ns(server_pid[key])
+                    server_cpu[key] = None if None in (cpu0, cpu1, server_cpu[key]) else server_cpu[key] + cpu1 - cpu0
             row = {"bytes": int(arr.nbytes), "n": len(samples["raw"])}
             for key, vals in samples.items():
                 row[f"{key}_p50_us"] = percentile(vals, 50)
                 row[f"{key}_p99_us"] = percentile(vals, 99)
+                # CPU per request: the server process (all its threads, ZeroMQ's I/O thread included)
+                # and the calling client thread
+                if server_cpu[key] is not None:
+                    row[f"{key}_server_cpu_us"] = server_cpu[key] / len(vals) / 1e3
+                row[f"{key}_client_cpu_us"] = client_cpu[key] / len(vals) / 1e3
             for key in clients:
                 row[f"{key}_ratio_p50"] = row[f"{key}_p50_us"] / row["raw_p50_us"]
             results[label] = row
@@ -182,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         goal = "" if r["bytes"] < 224 * 224 * 3 else ("ok" if ratio <= GOAL_RATIO else f"> {GOAL_RATIO}x")
         print(f"{label:<18}" + "".join(f"{r[n + '_p50_us']:>11.0f}us{r[n + '_p99_us']:>11.0f}us" for n in names)
               + "".join(f"{r[n + '_ratio_p50']:>14.2f}x" for n in variants) + f"  {goal}")
+    if all("raw_server_cpu_us" in r for r in results.values()):
+        print("CPU per request (server process, all threads / client thread), steadier than latency here:")
+        for label, r in results.items():
+            print(f"  {label:<16}" + "".join(
+                f"  {n} {r[n + '_server_cpu_us']:.0f}/{r[n + '_client_cpu_us']:.0f}us" for n in names)
+                + "".join(f"  ({n} - raw: {r[n + '_server_cpu_us'] - r['raw_server_cpu_us']:+.0f}/"
+                          f"{r[n + '_client_cpu_us'] - r['raw_client_cpu_us']:+.0f}us)" for n in variants))
     if args.runs > 1:
         print(f"(the median of {args.runs} runs, each figure on its own; runs meeting the goal: " + ", ".join(
             f"{label.split()[0]} {sum(r[label]['ours_ratio_p50'] <= GOAL_RATIO for r in runs)}/{args.runs}"
