@@ -21,8 +21,9 @@ def test_quick_runs_aggregate_to_a_median(tmp_path, capsys):
         ratios = sorted(run[label]["ours_ratio_p50"] for run in data["runs"])
         assert row["ours_ratio_p50"] == pytest.approx((ratios[0] + ratios[1]) / 2)
         assert row["n"] == 60 and row["raw_p50_us"] > 0
+        assert all(row[f"{side}_{where}_cpu_us"] > 0 for side in ("ours", "raw") for where in ("server", "client"))
     printed = capsys.readouterr().out
-    assert "run 2/2" in printed and "runs meeting the goal" in printed
+    assert "run 2/2" in printed and "runs meeting the goal" in printed and "CPU per request" in printed
 
 
 @pytest.mark.slow
