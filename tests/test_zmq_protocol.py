@@ -244,6 +244,20 @@ def test_serve_wraps_a_pipeline_without_zmq_nodes():
     assert served.node("out").params.mode == "reply" and served.node("out").params.endpoint == "tcp://127.0.0.1:5999"
     explicit = serving_spec(served, {"endpoint": "tcp://127.0.0.1:6000"})
     assert explicit.node("requests").params.endpoint == explicit.node("out").params.endpoint == "tcp://127.0.0.1:6000"
+    assert explicit.node("requests").params.stream_scope == "client"  # robots' like-named cameras stay apart
+
+
+def test_serve_flags_reach_the_router_source():
+    import argparse
+
+    from stream.zmq.serve import _source_overrides, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["p.yaml", "--stream-scope", "shared", "--queue", "latest", "--reply-timeout", "2"])
+    assert _source_overrides(args) == {"stream_scope": "shared", "queue": "latest", "reply_timeout_s": 2.0}
+    with pytest.raises(ValueError, match="stream_scope must be 'client' or 'shared'"):
+        ZmqSourceParams(stream_scope="robot")
 
 
 def test_serving_a_video_pipeline_puts_the_sources_preprocessing_behind_the_router():

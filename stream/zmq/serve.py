@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reply-timeout", type=float, default=None, help="seconds before a `timeout` error reply")
     parser.add_argument("--queue", choices=("bounded", "latest"), default=None,
                         help="latest: keep only the newest waiting request per client and stream")
+    parser.add_argument("--stream-scope", choices=("client", "shared"), default=None,
+                        help="client (default): each client's streams have their own state (the pipeline sees "
+                        "CLIENT/STREAM); shared: a stream id means one stream across all clients")
     parser.add_argument("--report", default=None, help="write the run report JSON here when the server stops")
     parser.add_argument("--fuse", action="append", default=[], metavar="NODE[,NODE]",
                         help="run these nodes in their producer's thread (operator chaining, like `fuse: true`): "
@@ -61,7 +64,7 @@ def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for arg, field in (("endpoint", "endpoint"), ("curve_secret_key", "curve_secret_key"),
                        ("curve_clients_dir", "curve_clients_dir"), ("max_message_bytes", "max_message_bytes"),
                        ("max_tensor_bytes", "max_tensor_bytes"), ("reply_timeout", "reply_timeout_s"),
-                       ("queue", "queue")):
+                       ("queue", "queue"), ("stream_scope", "stream_scope")):
         value = getattr(args, arg, None)
         if value is not None:
             changes[field] = value
