@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -53,7 +55,7 @@ zmq::message_t make_header(uint8_t type, const nlohmann::json& header) {
 
 struct Options {
     std::string endpoint;
-    std::string client = "robot-cpp";  // this robot's name: the server keeps its streams apart from others'
+    std::string client;  // this robot's name (the server keeps its streams apart); default: HOST-PID
     int frames = 10;
     int height = 480;
     int width = 640;
@@ -86,7 +88,12 @@ bool parse_args(int argc, char** argv, Options& o) {
         else if (a == "--check-echo") o.check_echo = true;
         else return false;
     }
-    return o.frames > 0 && o.height > 0 && o.width > 0;
+    if (o.client.empty()) {  // unique per process unless given: two robots never share a stream's state
+        char host[64] = {0};
+        gethostname(host, sizeof host - 1);
+        o.client = std::string(host) + "-" + std::to_string(getpid());
+    }
+    return o.frames > 0 && o.height > 0 && o.width > 0 && o.client.size() <= 128;
 }
 
 }  // namespace
