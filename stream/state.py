@@ -2,17 +2,21 @@
 
 A `StreamStates` table creates a stream's state on its first frame, resets it when the stream's
 sequence numbers jump (a gap means the continual state no longer describes the recent past) or on
-request, and evicts streams that have been idle longer than `idle_timeout_s`. The clock is
+request, and evicts streams that have been idle longer than `idle_timeout_s`. With `max_streams`
+it never holds more than that many states: a new stream evicts the least recently seen one, so a
+client that invents stream ids (or a new client per frame) cannot exhaust memory. The clock is
 injectable so tests need no sleeps.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
 
 from stream.frame import Frame, now_ns
 
 S = TypeVar("S")
+log = logging.getLogger("costream.state")
 
 
 @dataclass
@@ -28,7 +32,8 @@ class StreamCounters:
     created: int = 0
     gap_resets: int = 0
     explicit_resets: int = 0
-    evicted: int = 0
+    evicted: int = 0  # idle, or asked for
+    evicted_for_room: int = 0  # the least recently seen stream, to stay within max_streams
 
 
 class StreamStates(Generic[S]):
@@ -40,9 +45,15 @@ class StreamStates(Generic[S]):
         idle_timeout_s: float | None = 60.0,
         reset_on_gap: bool = True,
         clock: Callable[[], int] = now_ns,
+        max_streams: int | None = None,
+        owner: str = "stream states",
     ) -> None:
         if idle_timeout_s is not None and idle_timeout_s <= 0:
             raise ValueError(f"idle_timeout_s must be positive or None, got {idle_timeout_s}")
+        if max_streams is not None and max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1 or None, got {max_streams}")
+        self._max_streams = max_streams
+        self._owner = owner  # named in the warning when a stream is evicted for room
         self._factory = factory
         self._idle_ns = None if idle_timeout_s is None else int(idle_timeout_s * 1e9)
         self._reset_on_gap = reset_on_gap
@@ -56,6 +67,8 @@ class StreamStates(Generic[S]):
         self.evict_idle(now)
         entry = self._entries.get(frame.stream)
         if entry is None:
+            if self._max_streams is not None and len(self._entries) >= self._max_streams:
+                self._make_room(frame.stream, now)
             entry = StreamEntry(self._factory(frame.stream), frame.seq, now)
             self._entries[frame.stream] = entry
             self.counters.created += 1
@@ -83,6 +96,18 @@ class StreamStates(Generic[S]):
         removed = self._entries.pop(stream, None) is not None
         self.counters.evicted += int(removed)
         return removed
+
+    def _make_room(self, newcomer: str, now: int) -> None:
+        oldest = min(self._entries, key=lambda stream: self._entries[stream].last_seen_ns)
+        idle_s = (now - self._entries.pop(oldest).last_seen_ns) / 1e9
+        self.counters.evicted_for_room += 1
+        n = self.counters.evicted_for_room
+        if n == 1 or n % 1000 == 0:
+            log.warning("%s: at most %d streams (max_streams); stream %r (idle %.1f s) was evicted to make "
+                        "room for %r (%d evictions so far). Raise max_streams if that many streams are "
+                        "live; otherwise check that clients keep their names (a new ZeroMQ Client per frame "
+                        "is a new client, so every frame starts a new stream)",
+                        self._owner, self._max_streams, oldest, idle_s, newcomer, n)
 
     def evict_idle(self, now: int | None = None) -> list[str]:
         if self._idle_ns is None:

@@ -230,3 +230,19 @@ def test_a_failing_step_fails_its_group_and_restarts_those_streams(monkeypatch):
         assert {k for k in got if k[0] == s and k[1] > fail_at} == restarted.keys()
         for key, y in restarted.items():
             torch.testing.assert_close(got[key], y, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+def test_a_node_holds_at_most_max_streams_states():
+    from operators.nodes.base import ModelNodeParams
+    from operators.nodes.video import CoX3DParams
+
+    n = TinyVideoNode(ModelNodeParams(max_streams=2))
+    n.setup(NodeContext(name="tiny", device="cpu"))
+    frames = clips(["a", "b", "c"], 6)
+    for t in range(6):  # three clients' streams, one slot too few: each new one evicts the oldest
+        for s in "abc":
+            n.process(frames[s][t])
+            assert len(n.states) <= 2
+    assert n.states.counters.evicted_for_room >= 6
+    with pytest.raises(ValueError, match="max_streams must be at least 1"):
+        CoX3DParams(max_streams=0)

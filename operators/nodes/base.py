@@ -76,6 +76,11 @@ class ModelNodeParams:
     weights: str | None = None  # path to a checkpoint; None: random init (a warning is logged)
     idle_timeout_s: float | None = 60.0  # evict a stream's state after this long without frames
     reset_on_gap: bool = True  # a jump in a stream's seq (or meta["discontinuity"]) starts its state afresh
+    max_streams: int | None = 64  # states held at most (a new stream evicts the least recently seen); None: no bound
+
+    def __post_init__(self) -> None:
+        if self.max_streams is not None and self.max_streams < 1:
+            raise ValueError(f"max_streams must be at least 1 (or null for no bound), got {self.max_streams}")
 
 
 class ContinualModelNode(Operator):
@@ -111,6 +116,8 @@ class ContinualModelNode(Operator):
             factory=lambda stream: _Row(model.init_state(1, device=self.device, dtype=self.dtype), 0, 1),
             idle_timeout_s=self.params.idle_timeout_s,
             reset_on_gap=self.params.reset_on_gap,
+            max_streams=self.params.max_streams,
+            owner=f"node {self.name!r}",
         )
 
     def process(self, frame: Frame) -> list[Frame]:

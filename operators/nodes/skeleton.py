@@ -49,6 +49,7 @@ class CoSTGCNNodeParams(ModelNodeParams):
     window: int = 300  # clip length T (frames) of the offline ST-GCN the prediction stands for
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         from operators.models.costgcn import VARIANTS
 
         if self.variant not in VARIANTS:
@@ -116,6 +117,7 @@ class OadTRNodeParams(ModelNodeParams):
     labelset: str | None = None  # a label file; None: scores are reported by class index
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("d_in", "d_model", "layers", "heads", "dim_feedforward", "window", "classes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -38,6 +38,7 @@ class CoX3DParams(ModelNodeParams):
     crop_size: int | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.size not in SIZES:
             raise ValueError(f"size must be one of {sorted(SIZES)}, got {self.size!r}")
         if self.window is not None and self.window < 1:

@@ -9,7 +9,8 @@ waiting for a reply that died with the old server).
         print(reply.arrays["image"].shape, reply.latency)
 
 Each client names itself in every FRAME header (`client=`, default: host name plus a random suffix);
-the server keeps per-stream state per client, so two robots that both send "cam0" never mix.
+the server keeps per-stream state per client, so two robots that both send "cam0" never mix. Keep one
+Client for the life of a robot process: a new one is a new client, whose streams start afresh.
 
 Reply arrays are read-only numpy views of the received ZeroMQ buffers (no copy); `.copy()` them to
 modify in place.
