@@ -182,8 +182,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     router = next(n for n in spec.nodes if n.node_class is ZmqSource)
     readers = [n for n in spec.nodes if any(i.source == router.name for i in n.inputs)]
-    log.warning("serving pipeline %r on %s (Ctrl-C to stop); requests go to %s", spec.name, router.params.endpoint,
-                ", ".join(f"{n.name} ({n.kind})" for n in readers) or "no node")
+    log.warning("serving pipeline %r on %s (Ctrl-C to stop); requests go to %s; %s", spec.name, router.params.endpoint,
+                ", ".join(f"{n.name} ({n.kind})" for n in readers) or "no node",
+                "streams are kept per client (the pipeline sees CLIENT/STREAM)" if router.params.stream_scope == "client"
+                else "stream ids are shared by all clients")
     try:
         report = executor.wait()
     finally:
