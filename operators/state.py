@@ -182,7 +182,9 @@ def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
     tensor would synchronise it), so a stream split off a mixed batch steps on the fast path again.
     """
     idx = torch.as_tensor(index, dtype=torch.long)
-    out = _map_fields(state, lambda t: t.index_select(0, idx.to(t.device)))
+    # Advanced indexing keeps each tensor's memory layout (index_select returns row-major copies): a
+    # channels-last ring stays channels-last, so the selected streams keep the steps' fast paths.
+    out = _map_fields(state, lambda t: t[idx.to(t.device)])
     _restore_hints(out)
     return out
 
