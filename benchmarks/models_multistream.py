@@ -7,7 +7,10 @@ Three ways to step N streams, timed interleaved in one process with the same mod
 * `split`: stack the streams' states, one batched step, split the result again (the node's
   behaviour before session 3: two copies of every ring buffer per step);
 * `node`: `process_batch` of the model node (ours): each stream keeps a row of a persistent
-  batched state, so streams that keep arriving together step it with no copy.
+  batched state, so streams that keep arriving together step it with no copy;
+* `mixed`: the node when each round brings a random three quarters of the streams (cameras at
+  different rates, robots whose requests interleave: the batch changes every round and rows are
+  gathered), scaled to one frame per stream so that it compares with the others.
 
     python benchmarks/models_multistream.py [--streams 8] [--quick] [--json out.json]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -34,16 +38,16 @@ from stream.frame import Frame  # noqa: E402
 from stream.node import NodeContext  # noqa: E402
 
 
-def video_node() -> tuple[Any, Callable[[str, int], Frame]]:
-    node = CoX3DNode(CoX3DParams(size="s"))
+def video_node(reset_on_gap: bool = True) -> tuple[Any, Callable[[str, int], Frame]]:
+    node = CoX3DNode(CoX3DParams(size="s", reset_on_gap=reset_on_gap))
     node.setup(NodeContext(name="cox3d", device="cpu"))
     side = node.model.config.pixels
     image = torch.rand(3, side, side)
     return node, lambda stream, seq: Frame(stream, seq, seq, {"video": image})
 
 
-def skeleton_node() -> tuple[Any, Callable[[str, int], Frame]]:
-    node = CoSTGCNNode(CoSTGCNNodeParams(variant="costgcn_star"))
+def skeleton_node(reset_on_gap: bool = True) -> tuple[Any, Callable[[str, int], Frame]]:
+    node = CoSTGCNNode(CoSTGCNNodeParams(variant="costgcn_star", reset_on_gap=reset_on_gap))
     node.setup(NodeContext(name="costgcn", device="cpu"))
     skeleton = torch.randn(3, 25, 2)
     return node, lambda stream, seq: Frame(stream, seq, seq, {"skeleton": skeleton})
@@ -82,10 +86,27 @@ def measure(name: str, streams: int, warm: int, repeats: int) -> dict[str, Any]:
         node.process_batch([make(s, seq["n"]) for s in names])
         seq["n"] += 1
 
-    times = time_interleaved({"alone": alone, "split": split, "node": ours}, repeats=repeats,
+    # Mixed arrivals: skipped rounds are gaps, so this node steps over them (reset_on_gap: false)
+    # instead of restarting the streams' warm-up.
+    mixed_node, _ = CASES[name](reset_on_gap=False)
+    mixed_seq = dict.fromkeys(names, 0)
+    arriving = max(1, streams - streams // 4)
+    rng = random.Random(0)
+    for _ in range(warm):
+        mixed_node.process_batch([make(s, mixed_seq[s]) for s in names])
+        mixed_seq.update({s: mixed_seq[s] + 1 for s in names})
+
+    def mixed() -> None:
+        subset = rng.sample(names, arriving)
+        mixed_node.process_batch([make(s, mixed_seq[s]) for s in subset])
+        mixed_seq.update({s: mixed_seq[s] + 1 for s in subset})
+
+    times = time_interleaved({"alone": alone, "split": split, "node": ours, "mixed": mixed}, repeats=repeats,
                              warmup=1, rounds=min(5, repeats))
-    return {"case": name, "streams": streams, **{f"{k}_ms": v * 1e3 for k, v in times.items()},
-            "node_vs_alone": times["alone"] / times["node"], "node_vs_split": times["split"] / times["node"]}
+    times["mixed"] *= streams / arriving  # per frame of every stream, like the other columns
+    return {"case": name, "streams": streams, "mixed_arriving": arriving, **{f"{k}_ms": v * 1e3 for k, v in times.items()},
+            "node_vs_alone": times["alone"] / times["node"], "node_vs_split": times["split"] / times["node"],
+            "mixed_vs_alone": times["alone"] / times["mixed"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure(name, streams, warm, 2 if args.quick else 15))
     print(f"one round of {streams} streams, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
-    print(f"{'case':<10}{'alone':>11}{'split':>11}{'node':>11}{'node vs alone':>15}{'node vs split':>15}")
+    print(f"{'case':<10}{'alone':>11}{'split':>11}{'node':>11}{'mixed':>11}{'node vs alone':>15}{'node vs split':>15}"
+          f"{'mixed vs alone':>16}")
     for r in rows:
-        print(f"{r['case']:<10}{r['alone_ms']:>9.1f}ms{r['split_ms']:>9.1f}ms{r['node_ms']:>9.1f}ms"
-              f"{r['node_vs_alone']:>14.2f}x{r['node_vs_split']:>14.2f}x")
+        print(f"{r['case']:<10}{r['alone_ms']:>9.1f}ms{r['split_ms']:>9.1f}ms{r['node_ms']:>9.1f}ms{r['mixed_ms']:>9.1f}ms"
+              f"{r['node_vs_alone']:>14.2f}x{r['node_vs_split']:>14.2f}x{r['mixed_vs_alone']:>15.2f}x")
+    if rows:
+        print(f"(mixed: {rows[0]['mixed_arriving']} of {streams} streams per round, at random; scaled to one frame per stream)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"quick": args.quick, "rows": rows}, indent=2))
