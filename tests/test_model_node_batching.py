@@ -104,9 +104,9 @@ def test_a_gap_resets_only_that_stream():
 
 def test_cameras_arriving_together_step_their_batched_state_without_copies(monkeypatch):
     streams = [f"cam{i}" for i in range(4)]
-    frames = clips(streams, 11)
+    frames = clips(streams, 12)
     n = node()
-    for t in range(4):  # warm-up: the new streams' states are merged once, on the second round
+    for t in range(4):  # warm-up: the new streams' states are merged once, on the third round
         n.process_batch([frames[s][t] for s in streams])
     calls = {"stack": 0, "select": 0}
     real_stack, real_select = node_base.stack_states, node_base.select_streams
@@ -133,9 +133,11 @@ def test_cameras_arriving_together_step_their_batched_state_without_copies(monke
     # of the batch as batches of one (a copy each, once).
     n.process_batch([frames[s][8] for s in streams[:3]])
     assert calls == {"select": 3, "stack": 0}
-    n.process_batch([frames[s][9] for s in streams[:3]])  # the same three again: merged into one batch
+    n.process_batch([frames[s][9] for s in streams[:3]])  # the same three again: still apart, no copies
+    assert calls == {"select": 3, "stack": 0}
+    n.process_batch([frames[s][10] for s in streams[:3]])  # they keep arriving together: merged
     assert calls == {"select": 3, "stack": 1}
-    n.process_batch([frames[s][10] for s in streams[:3]])  # and stepped as it is from then on
+    n.process_batch([frames[s][11] for s in streams[:3]])  # and stepped as they are from then on
     assert calls == {"select": 3, "stack": 1}
 
 

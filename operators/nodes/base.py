@@ -8,15 +8,17 @@ whose states are in the same phase share one batched step.
 The batched state outlives the step: each stream keeps a handle to its row (`_Row`) instead of a
 copy split off it, so cameras that keep arriving together step the same batched state again with no
 copy at all. Rows of different batched states are merged into one batch (copied, their rings rotated
-to one common slot so that the batch steps on the slice path) only when the same streams arrived
-together in the previous round too; when every round brings another set of streams (cameras at
-different rates), each batched state steps the rows of it that arrived, which costs less than
-copying them together every round. Splitting and re-stacking every step cost more than the step
+to one common slot so that the batch steps on the slice path) only when the same set of streams has
+arrived together before, twice within the last 8 rounds (all cameras every round, or served robots
+in alternating cohorts); when every round brings another set of streams (cameras at different
+rates), each batched state steps the rows of it that arrived, which costs less than copying them
+together every round. Splitting and re-stacking every step cost more than the step
 itself for CoX3D at 8 streams.
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,11 @@ from stream.node import FrameFailure, NodeContext, Operator
 from stream.state import StreamStates
 
 log = logging.getLogger("costream.operators.nodes")
+# A set of streams is merged into one batch when it arrived together at least MERGE_AFTER times in the
+# last RECENT_ROUNDS rounds: streams that keep arriving together (all cameras each round, or cohorts
+# of served robots that alternate) do so at once, a random subset (cameras at different rates) seldom.
+RECENT_ROUNDS = 8
+MERGE_AFTER = 2
 
 
 @dataclass(frozen=True)
@@ -66,9 +73,8 @@ def _batches_for(rows: list[_Row], merge: bool) -> list[tuple[Any, list[int]]]:
     """The batched states to step `rows` with: (state, order) pairs, where `order[position]` is the
     index into `rows` of the stream at that position of the state's batch dimension.
 
-    A state all of whose rows are here is stepped as it is (no copy). Otherwise, when `merge` (the
-    same streams arrived together in the previous round too, so they probably will again), the rows
-    are selected out of their states and stacked into one batch, their rings rotated to one slot
+    A state all of whose rows are here is stepped as it is (no copy). Otherwise, when `merge` (these
+    streams keep arriving together, so they probably will again), the rows are selected out of their states and stacked into one batch, their rings rotated to one slot
     (two copies, once). When each round brings another set of streams (cameras at different rates),
     merging would copy every round and cost more than batching saves (measured on CPU: 0.86x of
     stepping the streams one by one), so the rows of a state that is not all here are taken out as
@@ -143,7 +149,7 @@ class ContinualModelNode(Operator):
             max_streams=self.params.max_streams,
             owner=f"node {self.name!r}",
         )
-        self._last_arrived: frozenset[str] = frozenset()  # the streams of the previous round
+        self._recent_arrivals: deque[frozenset[str]] = deque(maxlen=RECENT_ROUNDS)  # streams of recent rounds
 
     def process(self, frame: Frame) -> list[Frame]:
         out = self.process_batch([frame])
@@ -173,8 +179,8 @@ class ContinualModelNode(Operator):
         results: dict[int, Frame | FrameFailure] = {}  # arrival index -> output or failure
         by_batch: dict[int, list[_Member]] = {}  # id(batched state) -> its rows that arrived
         arrived = frozenset(frame.stream for frame in frames)
-        merge = arrived == self._last_arrived  # the same streams as last round: worth one batch
-        self._last_arrived = arrived
+        merge = self._recent_arrivals.count(arrived) >= MERGE_AFTER  # they keep arriving together
+        self._recent_arrivals.append(arrived)
         with torch.inference_mode():
             for i, frame in enumerate(frames):
                 try:
