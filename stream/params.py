@@ -113,7 +113,16 @@ def params_json_schema(cls: type) -> dict[str, Any]:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Per-field docs: `field(metadata={"doc": ...})` or a `# comment` trailing the field's line."""
+    """Per-field docs from `# comments`: trailing the field's line, or else on the lines right above
+    it. Fields inherited from a base Params class keep the base's docs."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # bases first: a subclass's own comment wins
+        if klass is not object and dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     try:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
@@ -130,6 +139,14 @@ def field_docs(cls: type) -> dict[str, str]:
             line = lines[stmt.end_lineno - 1] if stmt.end_lineno else ""
             if "#" in line:
                 docs[stmt.target.id] = line.split("#", 1)[1].strip()
+                continue
+            above: list[str] = []
+            row = stmt.lineno - 2
+            while row >= 0 and lines[row].strip().startswith("#"):
+                above.insert(0, lines[row].strip().lstrip("#").strip())
+                row -= 1
+            if above:
+                docs[stmt.target.id] = " ".join(above)
     return docs
 
 

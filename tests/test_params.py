@@ -104,3 +104,15 @@ def test_params_json_schema_accepts_valid_and_rejects_invalid():
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema, cls=jsonschema.Draft202012Validator)
     assert params_json_schema(NeedsParams)["required"] == ["weights"]
+
+
+def test_field_docs_come_from_trailing_or_preceding_comments_and_base_classes():
+    from operators.nodes.video import CoX3DParams
+    from stream.params import field_docs
+    from stream.zmq.source import ZmqSourceParams
+
+    video = field_docs(CoX3DParams)
+    assert video["max_streams"].startswith("states held at most")  # declared on ModelNodeParams
+    assert "checkpoint" in video["weights"] and "crop_size" not in video  # (crop_size has no comment)
+    scope = field_docs(ZmqSourceParams)["stream_scope"]  # a comment on the two lines above the field
+    assert scope.startswith("client: the pipeline sees") and scope.endswith('shared: "STREAM" as sent')
