@@ -134,7 +134,12 @@ def _stack(items: list[Any], path: str) -> Any:
     if first is None:
         return None
     if isinstance(first, Tensor):
-        return torch.cat(items, dim=0)
+        out = batch_like(first, sum(item.shape[0] for item in items))
+        start = 0
+        for item in items:  # (torch.cat would lay out a ring channels-last in dim 2 row-major)
+            out.narrow(0, start, item.shape[0]).copy_(item)
+            start += item.shape[0]
+        return out
     if isinstance(first, (int, float, bool, str)):
         if any(item != first for item in items[1:]):
             raise ValueError(
@@ -169,7 +174,7 @@ def _zeros_for_missing(items: list[Any], values: list[Any], path: str) -> list[A
             batch = batch_size_of(item)
             if batch is None:
                 raise ValueError(f"cannot stack states: {path} is unset and its state has no batch size")
-            value = ref.new_zeros((batch,) + tuple(ref.shape[1:]))
+            value = batch_like(ref, batch).zero_()
         out.append(value)
     return out
 
@@ -239,7 +244,7 @@ def _align(state: Any, ref: Any) -> Any:
             continue
         ring, pos = getattr(state, ring_field), getattr(state, pos_field)
         if ring is not None:  # (None: all zeros, the same at every slot)
-            changes[ring_field] = torch.roll(ring, shifts=target - mine, dims=1)  # slot `mine` -> `target`
+            changes[ring_field] = _roll_slots(ring, target - mine)  # slot `mine` -> `target`
         changes[pos_field] = torch.full_like(pos, target)
         changes[f.name] = target
     for f in dataclasses.fields(state):
@@ -249,6 +254,26 @@ def _align(state: Any, ref: Any) -> Any:
             if aligned is not value:
                 changes[f.name] = aligned
     return dataclasses.replace(state, **changes) if changes else state
+
+
+def _roll_slots(ring: Tensor, shift: int) -> Tensor:
+    """`torch.roll(ring, shift, dims=1)` in the ring's own memory layout (roll returns row-major)."""
+    length = ring.shape[1]
+    shift %= length
+    out = torch.empty_like(ring)
+    out.narrow(1, shift, length - shift).copy_(ring.narrow(1, 0, length - shift))
+    out.narrow(1, 0, shift).copy_(ring.narrow(1, length - shift, shift))
+    return out
+
+
+def batch_like(ref: Tensor, batch: int) -> Tensor:
+    """An uninitialised tensor of `batch` samples shaped and laid out like one sample of `ref`.
+
+    States keep some tensors in layouts that torch's memory formats do not name (a ring buffer
+    (B, L, C, *S) with the channels innermost); `torch.cat`, `new_zeros` and `roll` would return
+    them row-major, and the steps would leave their fast paths."""
+    sample = torch.empty_like(ref[0]) if ref.shape[0] else ref.new_empty(ref.shape[1:])
+    return sample.new_empty_strided((batch,) + tuple(ref.shape[1:]), (max(sample.numel(), 1),) + sample.stride())
 
 
 def split_state(state: Any) -> list[Any]:

@@ -274,3 +274,33 @@ def test_selecting_streams_keeps_each_tensors_memory_layout():
     for source, out in zip(leaves, picked):
         assert out.stride() == torch.empty_like(source.narrow(0, 0, 2)).stride()
         torch.testing.assert_close(out, source[[2, 0]])
+
+
+def test_stacking_and_aligning_states_keep_each_tensors_memory_layout():
+    """A ring laid out channels-last in dim 2 is no torch memory format: cat, roll and new_zeros would
+    return it row-major. Stacked and rotated states keep the layout (and the values)."""
+    from operators.models.cox3d import CoX3D
+    from operators.models.x3d import X3DConfig
+    from operators.state import _map_fields, align_positions, position_hints, stack_states
+
+    model = CoX3D(X3DConfig(size="xs", num_classes=10, crop_size=32), window=2).eval()
+    states = [model.init_state(1), model.init_state(1)]
+    with torch.inference_mode():
+        for i, steps in enumerate((41, 40)):  # past the warm-up, one step apart: other ring slots
+            for _ in range(steps):
+                _, states[i] = model.step(torch.randn(1, 3, 32, 32), states[i])
+    aligned = align_positions(states)
+    assert [h for h, _ in position_hints(aligned[1])] == [h for h, _ in position_hints(states[0])]
+    stacked = stack_states(aligned)
+    for name, state in (("aligned", aligned[1]), ("stacked", stacked)):
+        before, after = [], []
+        _map_fields(states[1], before.append)
+        _map_fields(state, after.append)
+        assert any(not t.is_contiguous() for t in before)
+        for old, new in zip(before, after):
+            assert new.stride()[1:] == old.stride()[1:], name
+    with torch.inference_mode():  # and the rotated, stacked batch steps like the two states apart
+        x = torch.randn(2, 3, 32, 32)
+        y, _ = model.step(x, stacked)
+        apart = [model.step(x[i:i + 1], states[i])[0] for i in range(2)]
+    torch.testing.assert_close(y, torch.cat(apart), rtol=1e-4, atol=1e-5)
