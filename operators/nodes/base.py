@@ -74,11 +74,14 @@ def _batches_for(rows: list[_Row], merge: bool) -> list[tuple[Any, list[int]]]:
     index into `rows` of the stream at that position of the state's batch dimension.
 
     A state all of whose rows are here is stepped as it is (no copy). Otherwise, when `merge` (these
-    streams keep arriving together, so they probably will again), the rows are selected out of their states and stacked into one batch, their rings rotated to one slot
-    (two copies, once). When each round brings another set of streams (cameras at different rates),
-    merging would copy every round and cost more than batching saves (measured on CPU: 0.86x of
-    stepping the streams one by one), so the rows of a state that is not all here are taken out as
-    batches of one (one copy, once), which later rounds step without copies."""
+    streams keep arriving together, so they probably will again), the rows are selected out of their
+    states and stacked into one batch, their rings rotated to one slot (two copies, once). When each
+    round brings another set of streams (cameras at different rates), merging would copy every round
+    and cost more than batching saves (measured on CPU: 0.86x of stepping the streams one by one), so
+    the rows of a state that is not all here are taken out as batches of one (one copy, once), which
+    later rounds step without copies. A state some of whose rows moved out is never all here again,
+    so its stale rows are never stepped.
+    """
     groups: dict[int, tuple[Any, list[int]]] = {}  # id(batched state) -> (it, indices into rows)
     for k, row in enumerate(rows):
         groups.setdefault(id(row.batch), (row.batch, []))[1].append(k)
