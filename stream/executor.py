@@ -649,6 +649,15 @@ class LocalExecutor:
 
     # -------------------------------------------------------------------------------------- report
 
+    @staticmethod
+    def _node_counters(worker: Worker) -> dict[str, int] | None:
+        try:
+            counters = worker.node.stats()
+        except Exception as exc:  # a report must not fail on one node's bookkeeping
+            log.error("node %r failed in stats(): %s", worker.spec.name, exc)
+            return None
+        return dict(counters) or None
+
     def _build_report(self) -> RunReport:
         warmup = self.spec.warmup_frames
         nodes: dict[str, NodeReport] = {}
@@ -667,6 +676,7 @@ class LocalExecutor:
                 end_to_end=LatencyStats.from_ns(m.e2e_ns, m.warmup_left("e2e_ns", warmup)) if sink else None,
                 join=w.joiner.counters.as_dict() if w.joiner is not None else None,
                 length=w.length,
+                counters=self._node_counters(w),
             )
             if sink:
                 e2e[name] = samples_ms(m.e2e_ns, m.warmup_left("e2e_ns", warmup))

@@ -57,6 +57,11 @@ class Node:
     def teardown(self) -> None:
         """Release what setup acquired. Called once, also after errors."""
 
+    def stats(self) -> dict[str, int]:
+        """The node's own counters for the run report (`counters`): what a user needs to see why
+        frames went missing (rejected requests, stream resets, evictions). Read after teardown."""
+        return {}
+
     @property
     def name(self) -> str:
         return self.context.name

@@ -48,6 +48,7 @@ class NodeReport:
     end_to_end: LatencyStats | None = None  # sinks only
     join: dict[str, int] | None = None  # join counters for nodes with `join:`
     length: int | None = None  # sources: frames the source said it would produce, if known
+    counters: dict[str, int] | None = None  # the node's own counters (`Node.stats()`), when it has any
 
     def to_dict(self) -> dict:
         return {
@@ -56,7 +57,7 @@ class NodeReport:
             "batches": self.batches, "throughput_hz": self.throughput_hz,
             "service_ms": self.service.to_dict(), "queue_wait_ms": self.queue_wait.to_dict(),
             "end_to_end_ms": None if self.end_to_end is None else self.end_to_end.to_dict(),
-            "join": self.join, "length": self.length,
+            "join": self.join, "length": self.length, "counters": self.counters,
         }
 
 

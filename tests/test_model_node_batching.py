@@ -304,3 +304,20 @@ def test_stacking_and_aligning_states_keep_each_tensors_memory_layout():
         y, _ = model.step(x, stacked)
         apart = [model.step(x[i:i + 1], states[i])[0] for i in range(2)]
     torch.testing.assert_close(y, torch.cat(apart), rtol=1e-4, atol=1e-5)
+
+
+def test_the_run_report_carries_the_model_nodes_stream_counters():
+    from operators.nodes.base import ModelNodeParams
+    from stream.executor import LocalExecutor
+    from stream.testing import CollectSink, ListSource, node_spec, pipeline_spec
+
+    frames = clips(["a", "b", "c"], 5)
+    items = [frames[s][t] for t in range(5) for s in "abc"] + [Frame("a", 40, 0, frames["a"][0].data)]  # a: a gap
+    spec = pipeline_spec(node_spec("cams", ListSource, ListSource.Params(items)),
+                         node_spec("model", TinyVideoNode, ModelNodeParams(max_streams=2), inputs=["cams"]),
+                         node_spec("out", CollectSink, inputs=["model"]))
+    counters = LocalExecutor(spec).run().nodes["model"].counters
+    assert counters["streams"] == 2 and counters["evicted_for_room"] > 0  # three cameras, two slots
+    assert counters["streams_created"] == counters["evicted_for_room"] + 2
+    assert set(counters) == {"streams", "streams_created", "gap_resets", "other_resets", "evicted_idle",
+                             "evicted_for_room"}

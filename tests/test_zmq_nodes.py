@@ -132,10 +132,14 @@ def test_router_streams_are_scoped_per_client_unless_shared(scope):
     finally:
         ex.request_stop("test done")
         ex.nodes["src"].stop()
-        ex.wait(timeout=20)
+        report = ex.wait(timeout=20)
         req.close(linger=0)
         ctx.term()
     assert [r.stream for r in replies[:2]] == ["cam0", "cam0"] and replies[2].header["stream"] == "cam0"
+    # the source's counters are in the run report
+    assert report.nodes["src"].counters["accepted"] == 3
+    assert report.nodes["src"].counters["rejected.malformed_header"] == 3
+    assert report.to_dict()["nodes"]["src"]["counters"]["replies"] >= 3
     seen = [f.stream for f in ex.nodes["tap"].frames]
     if scope == "shared":
         assert seen == ["cam0"] * 3

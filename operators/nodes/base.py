@@ -167,6 +167,17 @@ class ContinualModelNode(Operator):
             out.extend(self._step_round(round_frames))
         return out
 
+    def stats(self) -> dict[str, int]:
+        """Streams held now and what happened to their states: created, reset on a seq gap, reset
+        otherwise (a discontinuity, a failed step, `reset_stream`), evicted when idle, evicted to stay
+        within max_streams."""
+        states = getattr(self, "states", None)
+        if states is None:
+            return {}
+        c = states.counters
+        return {"streams": len(states), "streams_created": c.created, "gap_resets": c.gap_resets,
+                "other_resets": c.explicit_resets, "evicted_idle": c.evicted, "evicted_for_room": c.evicted_for_room}
+
     def reset_stream(self, stream: str) -> None:
         """Forget one stream's state; its next frame starts a new continual state."""
         self.states.reset(stream)
