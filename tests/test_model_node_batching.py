@@ -316,8 +316,11 @@ def test_the_run_report_carries_the_model_nodes_stream_counters():
     spec = pipeline_spec(node_spec("cams", ListSource, ListSource.Params(items)),
                          node_spec("model", TinyVideoNode, ModelNodeParams(max_streams=2), inputs=["cams"]),
                          node_spec("out", CollectSink, inputs=["model"]))
-    counters = LocalExecutor(spec).run().nodes["model"].counters
+    report = LocalExecutor(spec).run()
+    counters = report.nodes["model"].counters
     assert counters["streams"] == 2 and counters["evicted_for_room"] > 0  # three cameras, two slots
+    table = report.format_table().split("node counters\n", 1)[1]  # printed after the latency tables
+    assert table.startswith("model ") and f"evicted_for_room {counters['evicted_for_room']}" in table
     assert counters["streams_created"] == counters["evicted_for_room"] + 2
     assert set(counters) == {"streams", "streams_created", "gap_resets", "other_resets", "evicted_idle",
                              "evicted_for_room"}
