@@ -187,9 +187,17 @@ def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
     tensor would synchronise it), so a stream split off a mixed batch steps on the fast path again.
     """
     idx = torch.as_tensor(index, dtype=torch.long)
-    # Advanced indexing keeps each tensor's memory layout (index_select returns row-major copies): a
-    # channels-last ring stays channels-last, so the selected streams keep the steps' fast paths.
-    out = _map_fields(state, lambda t: t[idx.to(t.device)])
+    on_device: dict[torch.device, Tensor] = {}  # the index moved to each device once, not per tensor
+
+    def take(t: Tensor) -> Tensor:
+        index_here = on_device.get(t.device)
+        if index_here is None:
+            index_here = on_device[t.device] = idx.to(t.device)
+        # Advanced indexing keeps each tensor's memory layout (index_select returns row-major copies):
+        # a channels-last ring stays channels-last, so the selected streams keep the fast paths.
+        return t[index_here]
+
+    out = _map_fields(state, take)
     _restore_hints(out)
     return out
 
@@ -272,8 +280,9 @@ def batch_like(ref: Tensor, batch: int) -> Tensor:
     States keep some tensors in layouts that torch's memory formats do not name (a ring buffer
     (B, L, C, *S) with the channels innermost); `torch.cat`, `new_zeros` and `roll` would return
     them row-major, and the steps would leave their fast paths."""
-    sample = torch.empty_like(ref[0]) if ref.shape[0] else ref.new_empty(ref.shape[1:])
-    return sample.new_empty_strided((batch,) + tuple(ref.shape[1:]), (max(sample.numel(), 1),) + sample.stride())
+    # (the layout of one sample, worked out on the meta device: nothing is allocated for it)
+    sample = torch.empty_like(ref[0], device="meta") if ref.shape[0] else ref.new_empty(ref.shape[1:], device="meta")
+    return ref.new_empty_strided((batch,) + tuple(ref.shape[1:]), (max(sample.numel(), 1),) + sample.stride())
 
 
 def split_state(state: Any) -> list[Any]:
