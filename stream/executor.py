@@ -528,11 +528,8 @@ class LocalExecutor:
                 out, failures = as_outputs(node.process(frames[0]))
             else:
                 out, failures = as_outputs(node.process_batch(frames))
-        except Exception as exc:
-            keep_going = True
-            for frame in frames:
-                keep_going = self._on_error(worker, frame, exc) and keep_going
-            return keep_going
+        except Exception as exc:  # the whole call failed: every frame of it
+            return self._fail_frames(worker, [FrameFailure(frame, exc) for frame in frames])
         t1 = now_ns()
         if failures and not self._fail_frames(worker, failures):
             return False
@@ -612,7 +609,8 @@ class LocalExecutor:
         self._tell_source(frame, node, "dropped")
 
     def _fail_frames(self, worker: Worker, failures: list[FrameFailure]) -> bool:
-        """Inputs a batched step returned as failed: each fails alone; False if the node must stop."""
+        """Inputs that failed (returned so by a batched step, or all of a call that raised): each is
+        counted and reported alone; False if the node must stop."""
         keep_going = True
         for failure in failures:
             keep_going = self._on_error(worker, failure.frame, failure.error) and keep_going

@@ -144,11 +144,11 @@ class RunReport:
             lines += ["", "end-to-end latency from capture", f"{'sink':<29} " + " ".join(f"{c:>9}" for c in cols)]
             for node in sinks:
                 lines.append(f"{node.name:<29} {_stats_cells(node.end_to_end)}")  # type: ignore[arg-type]
-        counted = [(name, {k: v for k, v in node.counters.items() if v}) for name, node in self.nodes.items()
-                   if node.counters]
-        if any(c for _, c in counted):
+        nonzero = {name: {k: v for k, v in (node.counters or {}).items() if v} for name, node in self.nodes.items()}
+        counted = {name: c for name, c in nonzero.items() if c}
+        if counted:
             lines += ["", "node counters"]
-            lines += [f"{name:<20} " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in counted if c]
+            lines += [f"{name:<20} " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in counted.items()]
         if self.fatal_error is not None:
             e = self.fatal_error
             lines += ["", f"FATAL in node {e.node!r} (stream {e.stream!r}, seq {e.seq}): {e.error}: {e.message}"]
