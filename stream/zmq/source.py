@@ -305,8 +305,6 @@ class ZmqSource(Source):
             client = header.get("client")
             if client is not None:
                 client = P.client_name(client)
-            elif peer is not None:
-                client = _peer_name(peer)
             if request_id is not None and request_id.__class__ is not int and not isinstance(request_id, (int, str)):
                 raise P.ProtocolError(P.MALFORMED_HEADER, f"request_id must be an integer or string, got {request_id!r}")
         except P.ProtocolError as exc:
@@ -324,9 +322,12 @@ class ZmqSource(Source):
             return None
         meta = {k: v for k, v in client_meta.items() if not str(k).startswith("zmq.")} if client_meta else {}
         meta["zmq.t_recv_ns"] = t_recv
-        if self._scoped and client is not None and stream is not None:
-            meta["zmq.stream"] = stream  # the client's own name for it, echoed in the reply
-            stream = f"{client}/{stream}"
+        if self._scoped and stream is not None:
+            if client is None and peer is not None:
+                client = _peer_name(peer)
+            if client is not None:
+                meta["zmq.stream"] = stream  # the client's own name for it, echoed in the reply
+                stream = f"{client}/{stream}"
         if self._unwrap_single and len(tensors) == 1:
             (name, data), = tensors.items()
             meta["zmq.tensor"] = name
