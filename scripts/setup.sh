@@ -1,16 +1,56 @@
 #!/usr/bin/env bash
 # Create .venv and install costream with its test tools. Idempotent: a second run is fast.
+#
+# Which PyTorch build (only when .venv has no torch yet), chosen by COSTREAM_TORCH:
+#   auto (default)  cpu on a machine without an NVIDIA GPU (no nvidia-smi, no /proc/driver/nvidia),
+#                   cuda on one with a GPU
+#   cpu             the CPU build from PyTorch's CPU wheel index (a few hundred MB instead of several GB);
+#                   when that index is unreachable, whatever pip finds for the pinned version
+#   cuda            the default build from the package index (CUDA on Linux x86-64)
+#   skip            install no torch (bring your own, e.g. a Jetson or ROCm build, before running this)
+# COSTREAM_TORCH_VERSION pins the version (default 2.13.0); COSTREAM_TORCH_CPU_INDEX names the CPU index.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+TORCH_CHOICE=${COSTREAM_TORCH:-auto}
+TORCH_VERSION=${COSTREAM_TORCH_VERSION:-2.13.0}
+CPU_INDEX=${COSTREAM_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-# Pin the CPU build of torch when none is installed: an unpinned `torch` pulls a multi-GB CUDA build.
+
+has_nvidia_gpu() {
+  command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]
+}
+
+install_torch() {
+  local choice=$1
+  if [ "$choice" = auto ]; then
+    if has_nvidia_gpu; then choice=cuda; else choice=cpu; fi
+    echo "setup: no torch in .venv; installing the ${choice^^} build of torch ${TORCH_VERSION}" \
+         "(set COSTREAM_TORCH=cpu|cuda|skip to choose)"
+  fi
+  case "$choice" in
+    cpu)
+      # Short timeout, no retries: on networks that reach only PyPI this fails in seconds.
+      if ! python -m pip install -q --timeout 5 --retries 0 --index-url "$CPU_INDEX" "torch==${TORCH_VERSION}" \
+           2>/dev/null; then
+        echo "setup: PyTorch's CPU index ($CPU_INDEX) is unreachable; installing torch==${TORCH_VERSION} from" \
+             "the default index (on Linux x86-64 that can be the large CUDA build)"
+        python -m pip install -q "torch==${TORCH_VERSION}"
+      fi
+      ;;
+    cuda) python -m pip install -q "torch==${TORCH_VERSION}" ;;
+    skip) echo "setup: COSTREAM_TORCH=skip: not installing torch; install one yourself" ;;
+    *) echo "setup: COSTREAM_TORCH must be auto, cpu, cuda or skip; got '$choice'" >&2; exit 2 ;;
+  esac
+}
+
 if ! python -c "import torch" >/dev/null 2>&1; then
-  python -m pip install -q "torch==${COSTREAM_TORCH_VERSION:-2.13.0}"
+  install_torch "$TORCH_CHOICE"
 fi
 python -m pip install -q -e ".[dev]"
 # PyTorchVideo is only the oracle that tests check X3D against. Its x3d module needs none of its
