@@ -16,24 +16,21 @@ TORCH_CHOICE=${COSTREAM_TORCH:-auto}
 TORCH_VERSION=${COSTREAM_TORCH_VERSION:-2.13.0}
 CPU_INDEX=${COSTREAM_TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
 
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
-fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip >/dev/null
-
-has_nvidia_gpu() {
-  command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]
+# Prints the torch build that COSTREAM_TORCH selects on this machine: cpu, cuda or skip.
+torch_build() {
+  case "$TORCH_CHOICE" in
+    auto) if command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia/version ]; then echo cuda; else echo cpu; fi ;;
+    cpu|cuda|skip) echo "$TORCH_CHOICE" ;;
+    *) echo "setup: COSTREAM_TORCH must be auto, cpu, cuda or skip; got '$TORCH_CHOICE'" >&2; return 2 ;;
+  esac
 }
 
 install_torch() {
-  local choice=$1
-  if [ "$choice" = auto ]; then
-    if has_nvidia_gpu; then choice=cuda; else choice=cpu; fi
-    echo "setup: no torch in .venv; installing the ${choice^^} build of torch ${TORCH_VERSION}" \
-         "(set COSTREAM_TORCH=cpu|cuda|skip to choose)"
-  fi
-  case "$choice" in
+  local build
+  build=$(torch_build) || exit 2
+  echo "setup: no torch in .venv; installing the $build build of torch ${TORCH_VERSION}" \
+       "(COSTREAM_TORCH=${TORCH_CHOICE}; set it to cpu, cuda or skip to choose)"
+  case "$build" in
     cpu)
       # Short timeout, no retries: on networks that reach only PyPI this fails in seconds.
       if ! python -m pip install -q --timeout 5 --retries 0 --index-url "$CPU_INDEX" "torch==${TORCH_VERSION}" \
@@ -44,10 +41,20 @@ install_torch() {
       fi
       ;;
     cuda) python -m pip install -q "torch==${TORCH_VERSION}" ;;
-    skip) echo "setup: COSTREAM_TORCH=skip: not installing torch; install one yourself" ;;
-    *) echo "setup: COSTREAM_TORCH must be auto, cpu, cuda or skip; got '$choice'" >&2; exit 2 ;;
+    skip) echo "setup: not installing torch; install one into .venv yourself" ;;
   esac
 }
+
+if [ "${1:-}" = "--print-torch-build" ]; then
+  torch_build
+  exit $?
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
 
 if ! python -c "import torch" >/dev/null 2>&1; then
   install_torch "$TORCH_CHOICE"
