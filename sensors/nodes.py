@@ -171,7 +171,7 @@ class VideoSource(Source):
         return reader.frame_count if limit is None else min(reader.frame_count, limit)
 
     @classmethod
-    def served_preprocess(cls, params: VideoParams) -> tuple[str, Any]:
+    def preprocess_step(cls, params: VideoParams) -> tuple[str, Any]:
         return "video_preprocess", VideoPreprocessParams(**_transform_fields(params))
 
     @property
@@ -250,7 +250,7 @@ class SyntheticVideoSource(Source):
         return None if frames is None else frames * self.params.streams
 
     @classmethod
-    def served_preprocess(cls, params: SyntheticVideoParams) -> tuple[str, Any]:
+    def preprocess_step(cls, params: SyntheticVideoParams) -> tuple[str, Any]:
         fields = _transform_fields(params)
         if params.preset is None and params.short_side is None and params.crop is None and params.width == params.height:
             # the synthetic frames are made at the model size: bring camera images to that size
