@@ -107,7 +107,9 @@ class Source(Node):
         """Ask a `frames()` that may block (on a socket, a camera) to end soon.
 
         Called by the runtime when the pipeline is asked to stop, possibly from a signal handler:
-        only set a flag or an Event here. Sources that never block need not override it.
+        only set a flag or an Event here. A second call means the stop no longer drains: stop waiting
+        for anything (e.g. for answers to requests already accepted). Sources that never block need
+        not override it.
         """
 
     @classmethod

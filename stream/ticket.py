@@ -20,10 +20,13 @@ data) and resolves the original ticket there.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
+
+log = logging.getLogger("costream.ticket")
 
 
 class Status(str, Enum):
@@ -51,7 +54,7 @@ class Ticket:
     """A frame's completion handle, resolved once; see the module docstring.
 
     `on_done(ticket, outcome)` runs in the thread that resolved the ticket, after the ticket is
-    marked done, and must not block. `tag` is the issuer's own data (e.g. which request this is).
+    marked done, and must not block (an exception it raises is logged, not passed on). `tag` is the issuer's own data (e.g. which request this is).
     Tickets of one issuer may share one `lock` (a lock per ticket costs an allocation per frame).
     """
 
@@ -79,7 +82,10 @@ class Ticket:
             if self._outcome is not None:
                 return False
             self._outcome = outcome
-        self._on_done(self, outcome)
+        try:
+            self._on_done(self, outcome)
+        except Exception:  # the issuer's bug must not take the resolving node (or the runtime) down
+            log.exception("the issuer of %r failed to take its outcome %s", self, outcome.status.value)
         return True
 
     # The runtime's and the sinks' vocabulary; each returns what `resolve` returns.

@@ -257,7 +257,7 @@ class Dataflow:
                 return self._fail_frames(worker, [FrameFailure(frame, exc) for frame in inputs])
             if failures and not self._fail_frames(worker, failures):
                 return False
-        if worker.completes_inputs:
+        if worker.completes_inputs and (len(inputs) != 1 or inputs[0].ticket is not None):
             self._complete_unanswered(worker, inputs, out)
         m.frames_out += len(out)
         if out:

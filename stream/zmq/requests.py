@@ -134,13 +134,14 @@ class PendingRequests:
             else:  # answered on another thread: the answer is on its way over inproc
                 self._in_flight[key] = ticket
 
-    def finish(self, grace_s: float, poll_ms: int) -> None:
+    def finish(self, grace_s: float, poll_ms: int, now: threading.Event) -> None:
         """On stop: forward the answers of accepted requests for up to `grace_s` (the pipeline drains
-        them), then answer the rest `shutting_down`."""
+        them) or until `now` is set, then answer the rest `shutting_down`."""
         deadline = now_ns() + int(grace_s * 1e9)
-        while len(self) and now_ns() < deadline:
+        while len(self) and now_ns() < deadline and not now.is_set():
             if self.pull.poll(poll_ms, zmq.POLLIN):
                 self.forward()
+        self.forward()
         for key, ticket in list(self._open.items()):
             if ticket.cancel(P.SHUTTING_DOWN):
                 del self._open[key]

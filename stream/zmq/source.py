@@ -84,6 +84,7 @@ class ZmqSource(Source):
     def __init__(self, params: ZmqSourceParams | None = None) -> None:
         super().__init__(params)
         self._stop = threading.Event()
+        self._stop_now = threading.Event()  # stop without waiting for answers
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._count = counter_sink(self._lock, self.counters)
@@ -123,7 +124,10 @@ class ZmqSource(Source):
         log.info("%s: %s %s %s", self.name, p.socket, "bound to" if p.binds else "connected to", p.endpoint)
 
     def stop(self) -> None:
-        """Ask `frames()` to finish within one poll interval (thread-safe)."""
+        """Ask `frames()` to finish within one poll interval (thread-safe); a second call also ends the
+        wait for the answers of accepted requests (they are answered `shutting_down`)."""
+        if self._stop.is_set():
+            self._stop_now.set()
         self._stop.set()
 
     def teardown(self) -> None:
@@ -206,7 +210,7 @@ class ZmqSource(Source):
         finally:  # also when the executor closes the generator (max_frames reached, stop requested)
             if requests is not None:
                 if not sock.closed:
-                    requests.finish(self.params.shutdown_grace_s, _POLL_MS)
+                    requests.finish(self.params.shutdown_grace_s, _POLL_MS, self._stop_now)
                 requests.own(None)
 
     def _drain(self) -> list[Frame]:
