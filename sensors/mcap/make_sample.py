@@ -50,6 +50,7 @@ class SampleConfig:
     lidar_hz: float = 10.0  # scans per second (0: no point clouds)
     azimuth_steps: int = 360  # rays per beam per scan
     class_id: int = 0  # motion pattern of the synthetic video
+    chunk_size: int = 786_432  # bytes per MCAP chunk (rosbag2's MCAP storage default, 768 KiB)
 
     def __post_init__(self) -> None:
         if not self.seconds > 0:
@@ -60,6 +61,8 @@ class SampleConfig:
             raise ValueError(f"lidar_hz must be >= 0, got {self.lidar_hz}")
         if self.azimuth_steps < 8:
             raise ValueError(f"azimuth_steps must be at least 8, got {self.azimuth_steps}")
+        if self.chunk_size < 1024:
+            raise ValueError(f"chunk_size must be at least 1024 bytes, got {self.chunk_size}")
 
     @property
     def camera_frames(self) -> int:
@@ -143,7 +146,7 @@ def write_sample(path: str | Path, config: SampleConfig = SampleConfig()) -> Sam
     events.sort()
     counts: dict[str, int] = {}
     with path.open("wb") as f:
-        writer = Writer(f)
+        writer = Writer(f, chunk_size=config.chunk_size)
         schemas = {name: writer.register_msgdef(name, MSGDEFS[name]) for name in (IMAGE, COMPRESSED_IMAGE, POINT_CLOUD2)}
         schemas[STRING] = writer.register_msgdef(STRING, "string data\n")
         for stamp, _, topic, kind, index in events:

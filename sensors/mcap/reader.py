@@ -142,11 +142,13 @@ class McapReader:
       messages before the cut and counts the file in `counters.truncated_files`.
     on_malformed: 'skip' (default) counts and logs a message that fails to decode; 'raise' stops.
     keep_invalid_points: keep points whose x, y or z is NaN/inf (dropped and counted by default).
+    validate_crcs: check each chunk's CRC, so damaged bytes raise instead of decoding into wrong values.
     """
 
     def __init__(self, path: str | Path, topics: Iterable[str] | None = None, *,
                  on_truncated: Literal["raise", "read_available"] = "raise",
-                 on_malformed: Literal["skip", "raise"] = "skip", keep_invalid_points: bool = False) -> None:
+                 on_malformed: Literal["skip", "raise"] = "skip", keep_invalid_points: bool = False,
+                 validate_crcs: bool = True) -> None:
         if on_truncated not in ("raise", "read_available"):
             raise ValueError(f"on_truncated must be 'raise' or 'read_available', got {on_truncated!r}")
         if on_malformed not in ("skip", "raise"):
@@ -157,6 +159,7 @@ class McapReader:
         self.on_truncated = on_truncated
         self.on_malformed = on_malformed
         self.keep_invalid_points = keep_invalid_points
+        self.validate_crcs = validate_crcs
         self.counters = ReaderCounters()
         self._complete = {f: _check_magic(f) for f in self.files}
         self._summaries: dict[Path, Any] = {}
@@ -277,9 +280,11 @@ class McapReader:
         read = 0
         with path.open("rb") as f:
             if self._complete[path]:
-                messages = SeekingReader(f).iter_messages(topics=topics, log_time_order=True)
+                messages = SeekingReader(f, validate_crcs=self.validate_crcs).iter_messages(
+                    topics=topics, log_time_order=True)
             else:  # damaged: stream through the records in file order up to the damage
-                messages = NonSeekingReader(f).iter_messages(topics=topics, log_time_order=False)
+                messages = NonSeekingReader(f, validate_crcs=self.validate_crcs).iter_messages(
+                    topics=topics, log_time_order=False)
             while True:
                 try:
                     item = next(messages, None)
