@@ -273,20 +273,25 @@ class _Subscriptions:
     """Foxglove server listener: counts client subscriptions (called from the server's threads)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self.active = 0
         self.total = 0
-        self.any = threading.Event()
 
     def on_subscribe(self, client: Any, channel: Any) -> None:
-        with self._lock:
+        with self._changed:
             self.active += 1
             self.total += 1
-        self.any.set()
+            self._changed.notify_all()
 
     def on_unsubscribe(self, client: Any, channel: Any) -> None:
-        with self._lock:
+        with self._changed:
             self.active = max(0, self.active - 1)
+            self._changed.notify_all()
+
+    def wait_for(self, active: int, timeout_s: float) -> bool:
+        """Wait until at least `active` channel subscriptions are held; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.active >= active, timeout_s)
 
 
 def _is_loopback(host: str) -> bool:
@@ -338,7 +343,7 @@ class FoxgloveLive(_FoxgloveSink):
         if not self._waited and self.params.wait_for_client_s > 0 and self.publisher is not None:
             self._waited = True
             self.publisher.advertise(frame)  # clients see the channels and can subscribe
-            if not self.subscriptions.any.wait(self.params.wait_for_client_s):
+            if not self.subscriptions.wait_for(1, self.params.wait_for_client_s):
                 logger.warning("%s: no Foxglove client subscribed within %.1f s; going on", self.name,
                                self.params.wait_for_client_s)
         super().process(frame)
