@@ -131,10 +131,11 @@ def test_recording_reads_back_with_foxglove_schemas_topics_counts_and_times(tmp_
             assert decoded.frame_id == "velodyne"
             np.testing.assert_array_equal(np.frombuffer(decoded.data, np.float32).reshape(-1, 4), frame.data["points"])
         elif topic.endswith("/bev"):
-            assert decoded.column_count == 30 and decoded.cell_size.x == pytest.approx(0.2)
-            assert decoded.pose.position.x == pytest.approx(-3.0) and decoded.pose.position.y == pytest.approx(-2.0)
-            grid = np.frombuffer(decoded.data, np.float32).reshape(20, 30)
-            np.testing.assert_array_equal(grid, frame.data["bev"][-1])  # the newest scan's channel
+            # rows of the map run along x: the Grid's columns; a map without the bev meta is centred
+            assert decoded.column_count == 20 and decoded.cell_size.x == pytest.approx(0.2)
+            assert decoded.pose.position.x == pytest.approx(-2.0) and decoded.pose.position.y == pytest.approx(-3.0)
+            grid = np.frombuffer(decoded.data, np.float32).reshape(30, 20)
+            np.testing.assert_array_equal(grid.T, frame.data["bev"][-1])  # the newest scan's channel
         else:
             image = cv2.imdecode(np.frombuffer(decoded.data, np.uint8), cv2.IMREAD_COLOR)
             assert image.shape == (20, 30, 3)
@@ -219,3 +220,25 @@ def test_live_view_without_clients_encodes_nothing_and_a_taken_port_is_explained
             other.setup(NodeContext(name="live2"))
     finally:
         sink.teardown()
+
+
+def test_bev_maps_take_their_extent_from_the_bev_meta_and_face_forward(tmp_path):
+    path = tmp_path / "bev.mcap"
+    sink = McapRecord(build_params(McapRecordParams, {"path": str(path), "image_format": "png", "latency": False}))
+    sink.setup(NodeContext(name="record"))
+    bev = np.zeros((2, 8, 4), np.float32)  # 2 maps of 8 cells along x, 4 along y; the newest last
+    bev[1, 0, 0] = 1.0  # the rearmost, rightmost cell (x_min, y_min)
+    sink.process(Frame("lidar", 0, now_ns(), {"bev": bev},
+                       {"stamp_ns": STAMP, "frame_id": "lidar", "bev_x_range": (0.0, 4.0), "bev_y_range": (-1.0, 1.0),
+                        "bev_cell_size": 0.5}))
+    sink.teardown()
+    with path.open("rb") as f:
+        found = {c.topic: (s, m.data) for s, c, m in make_reader(f).iter_messages()}
+    grid = protobuf(*found["/costream/lidar/bev"])
+    assert (grid.pose.position.x, grid.pose.position.y, grid.column_count, grid.cell_size.x) == (0.0, -1.0, 8, 0.5)
+    np.testing.assert_array_equal(np.frombuffer(grid.data, np.float32).reshape(4, 8), bev[1].T)
+    picture = protobuf(*found["/costream/lidar/bev_image"])
+    image = cv2.imdecode(np.frombuffer(picture.data, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (8, 4, 3)
+    hot = np.argwhere((image != image[0, 0]).any(axis=2))
+    assert hot.tolist() == [[7, 3]]  # forward is up, left is left: the rear right cell is at the bottom right

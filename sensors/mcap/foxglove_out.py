@@ -8,10 +8,11 @@ carry the same topics and schemas. Per stream `s` (slashes kept, e.g. `/costream
 |---|---|---|
 | `image` uint8 (H, W, 3) BGR (labels and latency drawn on it) | `{prefix}/s/image` | foxglove.CompressedImage (or RawImage) |
 | `points` float32 (N, >=3) x, y, z[, intensity] | `{prefix}/s/points` | foxglove.PointCloud |
-| `bev` (or another `map_keys` entry) float (C, H, W) or (H, W) | `{prefix}/s/bev`, `{prefix}/s/bev_image` | foxglove.Grid, foxglove.CompressedImage |
+| `bev` (or another `map_keys` entry) float (C, H, W) or (H, W), rows along x | `{prefix}/s/bev`, `{prefix}/s/bev_image` | foxglove.Grid, foxglove.CompressedImage |
 | `scores` (num_classes,) | `{prefix}/s/labels` | costream.Labels (JSON: top-k labels and scores) |
 | every frame | `{prefix}/s/latency` | costream.Latency (JSON: end-to-end latency in ms) |
 
+Joined inputs (`join:` on the sink, e.g. a scan and its BEV map) are published as one frame.
 Message time: the frame's recorded header stamp (`meta["stamp_ns"]`, set by the `mcap` source), so a
 replay lines up with its input bag; otherwise its capture time on the wall clock.
 """
@@ -75,7 +76,8 @@ class FoxgloveOutputParams:
     map_keys: tuple[str, ...] = ("bev",)  # data keys holding 2-D float maps (C, H, W) or (H, W)
     map_channel: int | None = -1  # channel of a (C, H, W) map to publish (-1: the last, the newest scan); null: max over C
     map_as: Literal["grid", "image", "both"] = "both"  # maps as foxglove.Grid (3D panel), a colour image, or both
-    cell_size_m: float = 0.2  # size of a map cell in metres (the Grid's cell_size); a map is centred on its frame
+    # cell side in metres of maps whose frame has no meta['bev_cell_size'] (such maps are centred on their frame)
+    cell_size_m: float = 0.2
     frame_id: str = "base_link"  # frame of points and maps whose frame carries no meta['frame_id']
     latency: bool = True  # publish each frame's end-to-end latency
 
@@ -191,6 +193,9 @@ class FoxglovePublisher:
         now = self._clock()
         t_ns = frame_time_ns(frame, self._offset_ns)
         data = frame.data if isinstance(frame.data, dict) else {"scores": frame.data}
+        if data and all(isinstance(part, dict) for part in data.values()):  # joined inputs: {input: data}
+            data = {key: value for part in data.values() for key, value in part.items()}
+            frame = frame.derive(data)
         logged = 0
         record = None
         if scores_of(frame) is not None and data.get("scores") is not None:
@@ -289,28 +294,35 @@ class FoxglovePublisher:
         return self._count("points")
 
     def _log_map(self, frame: Frame, key: str, values: np.ndarray, t_ns: int) -> int:
+        # A map's rows run along x (forward) and its columns along y (left), as the `bev` node makes them;
+        # its extent comes from the bev node's meta (bev_x_range, bev_y_range, bev_cell_size), else it is
+        # centred on its frame with cell_size_m cells.
         plane = self._map_plane(frame, key, values)
+        rows_x, columns_y = plane.shape
+        meta = frame.meta
+        cell = float(meta.get("bev_cell_size") or self.params.cell_size_m)
+        x_min = float(meta["bev_x_range"][0]) if meta.get("bev_x_range") else -rows_x * cell / 2
+        y_min = float(meta["bev_y_range"][0]) if meta.get("bev_y_range") else -columns_y * cell / 2
         logged = 0
         if self.params.map_as in ("grid", "both"):
             channel = self._channel(self.topic(frame.stream, key), lambda t: GridChannel(t, context=self.context))
             if self._wanted(channel):
-                height, width = plane.shape
-                cell = float(frame.meta.get("cell_size_m") or self.params.cell_size_m)
-                pose = Pose(position=Vector3(x=-width * cell / 2, y=-height * cell / 2, z=0.0),
-                            orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
+                # foxglove.Grid: data row-major with rows along the pose's y and columns along its x
+                pose = Pose(position=Vector3(x=x_min, y=y_min, z=0.0), orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0))
                 message = Grid(
-                    timestamp=_timestamp(t_ns), frame_id=str(frame.meta.get("frame_id") or self.params.frame_id),
-                    pose=pose, column_count=width, cell_size=Vector2(x=cell, y=cell), row_stride=4 * width,
+                    timestamp=_timestamp(t_ns), frame_id=str(meta.get("frame_id") or self.params.frame_id),
+                    pose=pose, column_count=rows_x, cell_size=Vector2(x=cell, y=cell), row_stride=4 * rows_x,
                     cell_stride=4, fields=[PackedElementField(name=key, offset=0, type=_FLOAT32)],
-                    data=np.ascontiguousarray(plane, dtype=np.float32).tobytes(),
+                    data=np.ascontiguousarray(plane.T, dtype=np.float32).tobytes(),
                 )
                 channel.log(message, log_time=t_ns)
                 logged += self._count("grid")
         if self.params.map_as in ("image", "both"):
             channel = self._image_channel(self.topic(frame.stream, f"{key}_image"))
             if self._wanted(channel):
-                channel.log(self._image_message(colourise(plane), str(frame.meta.get("frame_id", "")), t_ns),
-                            log_time=t_ns)
+                # seen from above with forward up and left to the left: flip both axes
+                picture = colourise(plane[::-1, ::-1])
+                channel.log(self._image_message(picture, str(meta.get("frame_id", "")), t_ns), log_time=t_ns)
                 logged += self._count("map_image")
         return logged
 
@@ -328,7 +340,7 @@ class FoxglovePublisher:
 
 
 def colourise(plane: np.ndarray) -> np.ndarray:
-    """A BGR picture of a 2-D map: finite min..max to the viridis colour map (row 0 at the top)."""
+    """A BGR picture of a 2-D map: finite min..max to the viridis colour map."""
     finite = plane[np.isfinite(plane)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     scale = 255.0 / (high - low) if high > low else 0.0
