@@ -58,7 +58,9 @@ def encoding_layout(encoding: str) -> tuple[np.dtype, int]:
 
 def decode_image(height: int, width: int, encoding: str, is_bigendian: int | bool, step: int,
                  data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
-    """The pixels of a sensor_msgs/Image: (H, W) or (H, W, C) in the encoding's dtype, native byte order."""
+    """The pixels of a sensor_msgs/Image: (H, W) or (H, W, C) in the encoding's dtype, native byte order.
+
+    Without row padding and byte swapping the result is a read-only view of `data` (no copy)."""
     dtype, channels = encoding_layout(encoding)
     row_bytes = width * channels * dtype.itemsize
     if height < 0 or width < 0:

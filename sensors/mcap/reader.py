@@ -23,6 +23,7 @@ from typing import Any, Iterable, Iterator, Literal
 
 from mcap.reader import NonSeekingReader, SeekingReader
 from mcap.records import Channel, Message, Schema
+from mcap.stream_reader import StreamReader
 from mcap_ros2.decoder import DecoderFactory
 
 from sensors.mcap.images import CameraImage, decode_compressed, decode_image
@@ -220,9 +221,8 @@ class McapReader:
         schemas: dict[int, Schema] = {}
         channels: dict[int, tuple[Channel, Schema | None]] = {}
         with path.open("rb") as f:
-            records = NonSeekingReader(f)._stream_reader.records
             try:
-                for record in records:
+                for record in StreamReader(f, skip_magic=False).records:
                     if isinstance(record, Schema):
                         schemas[record.id] = record
                     elif isinstance(record, Channel):
