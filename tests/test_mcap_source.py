@@ -16,7 +16,6 @@ from sensors.mcap.nodes import McapSource, McapSourceParams
 from sensors.mcap.reader import McapFormatError, McapMessageError, McapReader, McapTopicError
 from sensors.nodes import SyntheticVideoParams, SyntheticVideoSource
 from sensors.synthetic_video import SyntheticVideo, SyntheticVideoConfig
-from sensors.video_transforms import preview
 from stream.node import NodeContext
 from stream.params import ParamsError, build_params
 
@@ -270,3 +269,23 @@ def test_malformed_messages_are_counted_and_skipped_or_raise(tmp_path):
         list(McapReader(root, on_malformed="raise"))
     node = source(root, pace="free")
     assert len(list(node.frames())) == 2 and node.stats()["malformed"] == 5
+
+
+def test_images_without_a_bgr_view_are_counted_not_fatal(tmp_path):
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    Image, Header, Time = (ts.types[n] for n in ("sensor_msgs/msg/Image", "std_msgs/msg/Header",
+                                                  "builtin_interfaces/msg/Time"))
+    header = Header(stamp=Time(sec=1, nanosec=0), frame_id="f")
+    flow = Image(header=header, height=2, width=2, encoding="32FC2", is_bigendian=0, step=16, data=np.zeros(32, np.uint8))
+    depth = Image(header=header, height=2, width=2, encoding="32FC1", is_bigendian=0, step=8,
+                  data=np.array([[0.5, 1.0], [1.5, 2.0]], np.float32).view(np.uint8).ravel())
+    root = tmp_path / "bag"
+    with Writer(root, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        images = writer.add_connection("/img", "sensor_msgs/msg/Image", typestore=ts)
+        writer.write(images, 1, bytes(ts.serialize_cdr(flow, "sensor_msgs/msg/Image")))
+        writer.write(images, 2, bytes(ts.serialize_cdr(depth, "sensor_msgs/msg/Image")))
+    node = source(root, pace="free", keep_image=True, preset="none", depth_range=[0.0, 2.0])
+    (frame,) = list(node.frames())
+    assert frame.meta["encoding"] == "32FC1"
+    np.testing.assert_array_equal(frame.data["image"][:, :, 0], [[63, 127], [191, 255]])
+    assert node.stats()["malformed"] == 1 and node.reader.counters.malformed_by_topic == {"/img": 1}

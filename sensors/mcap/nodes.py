@@ -25,7 +25,7 @@ import foxglove
 from foxglove.mcap import MCAPCompression, MCAPWriteOptions
 
 from sensors.mcap.foxglove_out import FoxgloveOutputParams, FoxglovePublisher
-from sensors.mcap.images import CameraImage
+from sensors.mcap.images import CameraImage, ImageDecodeError
 from sensors.mcap.reader import McapReader, RosMessage
 from sensors.nodes import TransformParams
 from sensors.video_transforms import preview
@@ -148,7 +148,11 @@ class McapSource(Source):
                         return
                 if self._stop.is_set():
                     return
-                frame = self._frame(message, discontinuity=message.topic in fresh)
+                try:
+                    frame = self._frame(message, discontinuity=message.topic in fresh)
+                except ImageDecodeError as exc:  # e.g. a 2-channel image has no BGR view
+                    self._reader.reject(message, exc)
+                    continue
                 fresh.discard(message.topic)
                 emitted += 1
                 self.frames_out += 1

@@ -29,7 +29,7 @@ from mcap_ros2.decoder import DecoderFactory
 from sensors.mcap.images import CameraImage, decode_compressed, decode_image
 from sensors.mcap.pointcloud import Points, decode_points
 from sensors.mcap.ros_msgs import (
-    COMPRESSED_IMAGE, IMAGE, MSGDEFS, POINT_CLOUD2, SUPPORTED_TYPES, normalise_type_name, stamp_ns,
+    COMPRESSED_IMAGE, IMAGE, MSGDEFS, SUPPORTED_TYPES, normalise_type_name, stamp_ns,
 )
 
 logger = logging.getLogger("costream.sensors.mcap")
@@ -346,12 +346,21 @@ class McapReader:
                              int(ros.point_step), int(ros.row_step), ros.data,
                              keep_invalid=self.keep_invalid_points)
 
+    def reject(self, message: RosMessage, exc: Exception) -> None:
+        """Count a decoded message its consumer cannot use (e.g. an image with no BGR view) as malformed,
+        under the same policy as messages that do not decode (log and skip, or raise)."""
+        self._count_malformed(message.topic, f"message on {message.topic} (log time {message.log_time_ns} ns, "
+                                             f"{message.type}) cannot be used", exc)
+
     def _malformed(self, topic: str, message: Message, exc: Exception) -> None:
+        self._count_malformed(topic, f"message on {topic} (log time {message.log_time} ns, {len(message.data)} "
+                                     f"bytes) does not decode", exc)
+
+    def _count_malformed(self, topic: str, what: str, exc: Exception) -> None:
         self.counters.malformed += 1
         count = self.counters.malformed_by_topic.get(topic, 0) + 1
         self.counters.malformed_by_topic[topic] = count
-        what = (f"message on {topic} (log time {message.log_time} ns, {len(message.data)} bytes) does not decode: "
-                f"{type(exc).__name__}: {exc}")
+        what = f"{what}: {type(exc).__name__}: {exc}"
         if self.on_malformed == "raise":
             raise McapMessageError(what + " (set on_malformed: skip to count and skip such messages)") from exc
         if count <= _LOGGED_PER_TOPIC or count % 100 == 0:
