@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stream.registry import _entry_points_table, checkout_node_modules, node_modules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +22,7 @@ NO_INSTALL = (
 )
 
 
+@pytest.mark.slow
 def test_every_family_is_found_from_a_plain_checkout():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)

@@ -20,7 +20,7 @@ import zmq
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
-from stream.zmq.inbound import Inbound, decode_request, request_id_of, split_envelope
+from stream.zmq.inbound import Inbound, decode_request, request_id_of
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
 from stream.zmq.requests import PendingRequests, counter_sink
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, start_authenticator
@@ -170,6 +170,7 @@ class ZmqSource(Source):
         latest = self.params.queue == "latest"
         timeout_s = self.params.reply_timeout_s
         pushed = requests.pushed if requests is not None else threading.Event()
+        open_requests = requests.open if requests is not None else {}  # read by this thread only
         if not latest:
             sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         if requests is not None:
@@ -179,8 +180,8 @@ class ZmqSource(Source):
                 if not latest and not pushed.is_set():
                     # Only the data socket to watch (nobody answers over inproc): a blocking receive bounded
                     # by RCVTIMEO, a few system calls less per request than polling.
-                    if requests is not None and len(requests):
-                        requests.expire(timeout_s)
+                    if open_requests:
+                        requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
                         parts = recv_parts(sock)
                     except zmq.Again:
@@ -196,8 +197,8 @@ class ZmqSource(Source):
                         data = True
                     else:
                         requests.forward()  # type: ignore[union-attr]
-                if requests is not None and len(requests):
-                    requests.expire(timeout_s)
+                if open_requests:
+                    requests.expire(timeout_s)  # type: ignore[union-attr]
                 if not data:
                     continue
                 if latest:
@@ -239,8 +240,12 @@ class ZmqSource(Source):
         self._received += 1
         requests = self._requests
         peer = envelope = None
-        if requests is not None:
-            peer, envelope, parts = split_envelope(parts)
+        if requests is not None:  # ROUTER: the peer id, then a REQ client's empty delimiter (kept for the reply)
+            peer = parts[0].bytes
+            parts = parts[1:]
+            if parts and len(parts[0]) == 0:
+                envelope = b""
+                parts = parts[1:]
         t_recv = now_ns()
         try:
             got = decode_request(parts, self._limits, t_recv, scoped=self._scoped, unwrap_single=self._unwrap_single,
