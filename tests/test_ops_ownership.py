@@ -77,15 +77,15 @@ def test_the_internal_state_follows_to():
     co = O.Sequential(O.Conv3d(2, 3, 3, padding=1), O.ReLU(), O.MaxPool3d((2, 1, 1), stride=1),
                       O.Conv3d(3, 2, (3, 1, 1), groups=1)).eval()
     reference = O.continual(co).double()
-    clip = _clip((1, 2, 8, 4, 4))
+    clip = _clip((1, 2, 10, 4, 4))
     with torch.no_grad():
-        first = co.forward_steps(clip[:, :, :4])
+        first = co.forward_steps(clip[:, :, :6])  # delay 4: two outputs
         reference.reset_state()
-        assert torch.allclose(reference.forward_steps(clip[:, :, :4].double()).float(), first, atol=1e-5)
+        assert torch.allclose(reference.forward_steps(clip[:, :, :6].double()).float(), first, atol=1e-5)
         co.double()  # parameters and the internal state move together
         assert all(t.dtype in (torch.float64, torch.long) for t in _tensors(co.get_state()))
-        rest = co.forward_steps(clip[:, :, 4:].double())
-        torch.testing.assert_close(rest, reference.forward_steps(clip[:, :, 4:].double()), **TOL)
+        rest = co.forward_steps(clip[:, :, 6:].double())
+        torch.testing.assert_close(rest, reference.forward_steps(clip[:, :, 6:].double()), **TOL)
 
 
 def _tensors(state):
