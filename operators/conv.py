@@ -29,6 +29,7 @@ from operators.convert import register_conversion
 from operators.delay import ring_init
 from operators.weight_cache import weight_cache
 
+
 def foldable_norm(module: nn.Module) -> bool:
     """An eval-mode BatchNorm with running statistics: a per-channel affine map that folds into a conv."""
     return (isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.training
