@@ -5,9 +5,8 @@ of a ring, BatchNorm folded into the conv before it, Mamba's base-2 A). Rebuildi
 would cost more than the step; keeping them risks a stale copy. `WeightCache.get(name, sources,
 build)` returns the cached value while every source tensor is unchanged, and rebuilds it otherwise.
 
-A source counts as unchanged while it is the same storage on the same device (the cache holds a
-detached alias of it, so its address cannot be reused by another tensor) and has not been written in
-place since: torch's version counter says so for ordinary tensors. Inference tensors (made under
+A source counts as unchanged while it is the same storage (the cache holds a detached alias of
+it, so its address cannot be reused by another tensor) and has not been written in place since: torch's version counter says so for ordinary tensors. Inference tensors (made under
 `torch.inference_mode()`, e.g. a model built inside it) keep no version counter; for them an
 in-place write cannot be seen, so the modules also drop their caches whenever torch itself changes
 their parameters (`load_state_dict`, `.to()`, `.double()`, ...: `ContinualModule.clear_weight_caches`).
@@ -35,22 +34,21 @@ _ATTRIBUTE = "_weight_cache"
 def _fingerprint(t: Optional[Tensor]) -> Any:
     if t is None:
         return None
-    # an alias keeps the storage alive (its address cannot be handed to another tensor meanwhile)
-    return t.detach(), t.data_ptr(), t.device, None if t.is_inference() else t._version
+    # the alias keeps the storage alive, so no other tensor can get its address meanwhile (on any
+    # device: CUDA's unified addressing keeps device and host addresses apart)
+    return t.detach(), t.data_ptr(), None if t.is_inference() else t._version
 
 
 def _unchanged(fingerprints: tuple, sources: Sources) -> bool:
     if len(fingerprints) != len(sources):
         return False
     for fp, t in zip(fingerprints, sources):
-        if fp is None or t is None:
-            if fp is not t:
+        if fp is None:
+            if t is not None:
                 return False
-            continue
-        _, ptr, device, version = fp
-        if t.data_ptr() != ptr or t.device != device:
+        elif t is None or fp[1] != t.data_ptr() or fp[1] == 0:  # 0: no storage (meta, empty): rebuild
             return False
-        if version is not None and (t.is_inference() or t._version != version):
+        elif fp[2] is not None and fp[2] != t._version:  # (the same storage: a tensor with a counter)
             return False
     return True
 

@@ -121,3 +121,24 @@ def test_zoo_model_builds_and_runs_under_every_grad_mode(case: ModelCase):
             return _steps(module, _clip(case.shape[:2] + (steps,) + case.shape[2:]), mode)
 
     _check_modes(build, run)
+
+
+@pytest.mark.parametrize("name", ["sequential_x3d_like", "mamba_block", "residual_centred_pad"])
+def test_caches_follow_load_state_dict_and_to_of_an_inference_mode_model(name):
+    """Parameters made under inference_mode keep no version counter: the derived-weight caches must
+    still follow new weights loaded into them, and a dtype change."""
+    case = next(c for c in CASES if c.name == name)
+    clip = _clip(case.make()[2])
+    with torch.inference_mode():
+        module = case.make()[1]
+        _steps(module, clip, "inference")  # fills the caches
+        other = case.make()[1]
+        with torch.no_grad():
+            for p in other.parameters():
+                p.mul_(-0.5)
+        module.load_state_dict(other.state_dict())  # the same storages, new values
+        _assert_same(_steps(module, clip, "inference"), _steps(other, clip, "inference"), "after load_state_dict")
+        module.double()
+        other.double()
+        _assert_same(_steps(module, clip.double(), "inference"), _steps(other, clip.double(), "inference"),
+                     "after .double()")
