@@ -2,8 +2,9 @@
 selecting, resetting, cloning and saving.
 
 Contract for every operator state (see docs/operators.md):
-- a state is a dataclass; its fields are tensors with the batch as dimension 0, host-side Python
-  ints (step counters), nested states, tuples of nested states, or None;
+- a state is a dataclass (not frozen: steps and `reset_streams` update it in place); its fields are
+  tensors with the batch as dimension 0, host-side Python ints (step counters), nested states, tuples
+  of nested states, or None;
 - counters saturate: once an operator is past its warm-up they only cycle through its stride phase,
   so two streams in the same phase have equal counters and can be stacked;
 - ring-buffer write positions are tensors (per sample, shape (B,)) so that streams at different
