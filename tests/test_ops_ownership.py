@@ -140,3 +140,23 @@ def test_an_operator_written_against_the_old_names_keeps_working():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert (op.temporal_padding, op.delay) == (1, 1)
+
+
+def test_a_frozen_state_is_refused_where_states_are_updated_in_place():
+    from dataclasses import dataclass
+    from typing import Optional
+
+    from operators.state import position_hint
+
+    @dataclass(frozen=True)
+    class FrozenRing:
+        buffer: torch.Tensor
+        pos: torch.Tensor
+        at: Optional[int] = position_hint("pos", ring="buffer")
+
+    state = FrozenRing(torch.zeros(2, 3, 1), torch.zeros(2, dtype=torch.long), 0)
+    with pytest.raises(TypeError, match="frozen dataclass.*updated in place"):
+        O.reset_streams(state, [1])
+    # selecting streams builds new states (nothing mutated): frozen ones work there
+    picked = O.select_streams(FrozenRing(torch.zeros(2, 3, 1), torch.zeros(2, dtype=torch.long), None), [1])
+    assert picked.at == 0 and picked.buffer.shape == (1, 3, 1)
