@@ -21,7 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from operators.base import ContinualModule
-from operators.conv_kernels import channel_linear, pointwise_conv  # noqa: F401  (re-exported for models)
+from operators.conv_kernels import (  # noqa: F401  (re-exported: models and user code import them from here)
+    channel_linear, gather_taps, pointwise_conv, rotate_ring_weight, rotate_taps, stack_temporal_taps,
+)
 from operators.conv_step import (
     PATHS, ConvGeometry, ConvState, ConvWeights, choose_path, derive_weights, step_frame, step_reference,
 )
