@@ -158,7 +158,7 @@ def build_costgcn_star(batch: int, device: torch.device, quick: bool) -> list[Bu
         return m.count_flops(lambda: offline(x)) / m.count_flops(lambda: co.step(frame, state))
 
     return [Built(f"costgcn_star_T{clip}", co, torch.randn(N_FRAMES, batch, 3, 25, 2, device=device),
-                  lambda: offline(x), ratio, steps_per_prediction=co.stride,
+                  lambda: offline(x), ratio, steps_per_prediction=co.temporal_stride,
                   notes=f"ST-GCN on the {clip}-frame clip vs CoST-GCN* step(s) per prediction")]
 
 

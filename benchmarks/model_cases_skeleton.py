@@ -90,7 +90,7 @@ def _stgcn_pair(variant: str, clip: int) -> tuple[STGCN, CoSTGCN]:
 def stgcn_case(variant: str, clip: int = NTU_CLIP) -> BenchCase:
     offline, co = _stgcn_pair(variant, clip)
     x = torch.randn(1, 3, clip, 25, 2)
-    per_prediction = co.stride  # CoST-GCN: 4 steps per prediction; CoST-GCN*: 1
+    per_prediction = co.temporal_stride  # CoST-GCN: 4 steps per prediction; CoST-GCN*: 1
     stepper = Stepper(co, (3, 25, 2))
 
     def run_offline() -> Tensor:

@@ -127,22 +127,22 @@ class Sequential(ContinualModule, nn.Sequential):
     def receptive_field(self) -> int:
         rf = 1
         for module in reversed(list(self)):
-            rf = module.stride * rf + module.receptive_field - module.stride
+            rf = module.temporal_stride * rf + module.receptive_field - module.temporal_stride
         return rf
 
     @property
-    def stride(self) -> int:
+    def temporal_stride(self) -> int:
         s = 1
         for module in self:
-            s *= module.stride
+            s *= module.temporal_stride
         return s
 
     @property
-    def padding(self) -> int:
+    def temporal_padding(self) -> int:
         p, s = 0, 1
         for module in self:
-            p += module.padding * s
-            s *= module.stride
+            p += module.temporal_padding * s
+            s *= module.temporal_stride
         return p
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> SequentialState:
@@ -258,14 +258,14 @@ class Parallel(ContinualModule):
 
     def _aligners(self) -> list[nn.Module]:
         branches = self.branches
-        strides = {b.stride for b in branches}
-        shrink = {b.receptive_field - 1 - 2 * b.padding for b in branches}
+        strides = {b.temporal_stride for b in branches}
+        shrink = {b.receptive_field - 1 - 2 * b.temporal_padding for b in branches}
         if len(strides) > 1:
             raise ValueError(f"Parallel branches have different temporal strides {sorted(strides)}; they must match")
         if len(shrink) > 1:
             raise ValueError(
                 "Parallel branches change the clip length differently (receptive_field - 1 - 2*padding = "
-                f"{[b.receptive_field - 1 - 2 * b.padding for b in branches]}); their offline outputs cannot be "
+                f"{[b.receptive_field - 1 - 2 * b.temporal_padding for b in branches]}); their offline outputs cannot be "
                 "combined. Pad the branches alike, or use Residual(..., shrink='centred'/'lagging')"
             )
         stride = strides.pop()
@@ -284,15 +284,16 @@ class Parallel(ContinualModule):
 
     def _composed(self, i: int) -> tuple[int, int]:
         branch, aligner = self.branches[i], self.align[i]
-        rf = branch.stride * aligner.receptive_field + branch.receptive_field - branch.stride
-        return rf, branch.padding + aligner.padding * branch.stride
+        stride = branch.temporal_stride
+        rf = stride * aligner.receptive_field + branch.receptive_field - stride
+        return rf, branch.temporal_padding + aligner.temporal_padding * stride
 
     @property
-    def stride(self) -> int:
-        return self.branches[0].stride
+    def temporal_stride(self) -> int:
+        return self.branches[0].temporal_stride
 
     @property
-    def padding(self) -> int:
+    def temporal_padding(self) -> int:
         return max(self._composed(i)[1] for i in range(len(self.branches)))
 
     def forward(self, x: Steps) -> Steps:
@@ -362,7 +363,7 @@ class Residual(BroadcastReduce):
         branch = _as_continual(branch)
         if shortcut is None:
             shortcut = Identity()
-            lost = branch.receptive_field - 1 - 2 * branch.padding
+            lost = branch.receptive_field - 1 - 2 * branch.temporal_padding
             if lost:
                 shortcut = _shrink_delay(branch, lost, shrink)
         super().__init__(branch, shortcut, reduce=reduce)
@@ -376,9 +377,9 @@ def _shrink_delay(branch: ContinualModule, lost: int, shrink: Optional[str]) -> 
     if shrink not in ("centred", "centered", "lagging"):
         raise ValueError(
             f"Residual: the branch shortens the clip by {lost} steps (receptive field {branch.receptive_field}, "
-            f"padding {branch.padding}); pass shrink='centred' or shrink='lagging' to crop the shortcut"
+            f"temporal padding {branch.temporal_padding}); pass shrink='centred' or shrink='lagging' to crop the shortcut"
         )
-    if branch.stride != 1:
+    if branch.temporal_stride != 1:
         raise ValueError("Residual: shrink needs a branch with temporal stride 1")
     start = 0 if shrink == "lagging" else lost // 2
     return Delay(branch.delay, crop_start=start, crop_end=lost - start)

@@ -5,9 +5,14 @@ continual module with the same hyperparameters and loads the original's state di
 shared by value and `forward` stays identical. `options` carry what the regular module cannot know
 (for example `sequence_len`, the attention window) and are passed to every converter, which takes the
 ones it understands.
+
+The result never shares anything with the argument: a continual module (or a tree holding continual
+children) is deep-copied, its internal `forward_step` state included. To keep using the same
+module, use it as it is; `continual()` always copies.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any, Callable, TypeVar
 
@@ -40,10 +45,11 @@ def convertible_types() -> list[type[nn.Module]]:
 
 
 def continual(module: nn.Module, **options: Any) -> ContinualModule:
-    """The continual form of `module` (a copy; the original is left untouched)."""
+    """The continual form of `module`: a new module sharing no parameter, buffer or state with it
+    (a continual module is deep-copied; the original is left untouched either way)."""
     _load_conversions()
     if isinstance(module, ContinualModule):
-        return module
+        return copy.deepcopy(module)
     converter = _CONVERSIONS.get(type(module))
     if converter is None:
         names = [t.__name__ for t in _CONVERSIONS]

@@ -193,7 +193,7 @@ class Delay(ContinualModule):
         return 2 * self._delay - self.crop_start - self.crop_end + 1
 
     @property
-    def padding(self) -> int:
+    def temporal_padding(self) -> int:
         return self._delay - self.crop_start - self.crop_end
 
     @property

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from operators.base import registered
 from operators.base import ContinualModule
+from operators.weight_cache import weight_cache
 
 
 # Pure scans --------------------------------------------------------------------------------------
@@ -121,19 +122,6 @@ def mamba_step(x: Tensor, state: "MambaState", w: MambaStepWeights,
     if w.out_proj_bias is None:
         return torch.addmm(residual, y, w.out_proj_weight.t())
     return F.linear(y, w.out_proj_weight, w.out_proj_bias).add_(residual)
-
-
-def _snapshot(tensor: Tensor) -> tuple[Tensor, int]:
-    """A detached alias of `tensor` (it keeps the storage alive, so its address cannot be reused) and
-    its version counter now."""
-    return tensor.detach(), tensor._version
-
-
-def _unchanged(snapshot: tuple[Tensor, int], tensor: Tensor) -> bool:
-    """Whether `tensor` is still the storage of `snapshot`, not written to since."""
-    alias, version = snapshot
-    return (alias.data_ptr() == tensor.data_ptr() and alias.device == tensor.device
-            and tensor._version == version)
 
 
 def _derived_step_tensors(A_log: Tensor, conv_weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -235,30 +223,17 @@ class Mamba(ContinualModule):
             registered(out_proj, "weight"), registered(out_proj, "bias"), self.dt_rank, self.d_state)
 
     def _derived(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """(A2_t, conv_weight_t) in `dtype` (see MambaStepWeights), recomputed only when A_log or the
-        conv weight changed.
-
-        Inference only (no grad): the cache is checked against the parameters' storage and version
-        counters, so it follows `load_state_dict`, in-place updates, `.to()` and re-assignment; a write
-        through `.data` (which bypasses the version counter) needs `clear_cache()`. With grad enabled
-        they are recomputed every step so that they stay differentiable.
-        """
+        """(A2_t, conv_weight_t) in `dtype` (see MambaStepWeights), cached until A_log or the conv
+        weight changes (operators/weight_cache.py: `load_state_dict`, in-place updates, `.to()`,
+        re-assignment; a write through `.data` needs `clear_cache()`); with autograd on them they are
+        recomputed every step so that they stay differentiable."""
         A_log, conv_w = registered(self, "A_log"), registered(registered(self, "conv1d"), "weight")
-        if torch.is_grad_enabled():
-            return _derived_step_tensors(A_log, conv_w, dtype)
-        cached = self.__dict__.get("_derived_cache")
-        if cached is not None:
-            (A_log_snap, conv_snap), derived = cached
-            if derived[0].dtype == dtype and _unchanged(A_log_snap, A_log) and _unchanged(conv_snap, conv_w):
-                return derived
-        derived = _derived_step_tensors(A_log, conv_w, dtype)
-        if all(type(t) is Tensor for t in derived):  # not FakeTensors made under a tracing mode
-            self.__dict__["_derived_cache"] = ((_snapshot(A_log), _snapshot(conv_w)), derived)
-        return derived
+        return weight_cache(self).get("step", (A_log, conv_w), lambda: _derived_step_tensors(A_log, conv_w, dtype),
+                                      extra=dtype)
 
     def clear_cache(self) -> None:
         """Forget the cached derived tensors (only needed after writing to a parameter's `.data`)."""
-        self.__dict__.pop("_derived_cache", None)
+        self.clear_weight_caches()
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "

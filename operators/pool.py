@@ -4,10 +4,12 @@ Pooling is separable, so a step pools the new step spatially ONCE (torch's pooli
 less), keeps the pooled steps in a ring buffer, and on emitting steps reduces the temporal taps.
 Stream-start padding follows torch: zeros for average pooling (counted in the divisor), -inf for max
 pooling (the padding taps are skipped, known from the host step counter during the warm-up).
-As in conv.py, `stride`/`padding` are the temporal ints; torch's values are `stride_nd`/`padding_nd`.
+As on convs, `stride` and `padding` keep torch's meaning; the temporal ints are `temporal_stride` and
+`temporal_padding`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -89,10 +91,10 @@ class _PoolNd(ContinualModule):
 
     def _co_setup(self) -> None:
         tup = _ntuple(self._nd)
-        object.__setattr__(self, "_k", tup(self.kernel_size))
-        object.__setattr__(self, "_s", tup(self._nd_stride if self._nd_stride is not None else self.kernel_size))
-        object.__setattr__(self, "_p", tup(self._nd_padding))
-        object.__setattr__(self, "_d", tup(getattr(self, "dilation", 1)))
+        self._k = tup(self.kernel_size)
+        self._s = tup(self.stride if self.stride is not None else self.kernel_size)
+        self._p = tup(self.padding)
+        self._d = tup(getattr(self, "dilation", 1))
         name = type(self).__name__
         if self.ceil_mode and self._s[0] > 1:
             raise ValueError(
@@ -107,38 +109,32 @@ class _PoolNd(ContinualModule):
                 f"{name}: count_include_pad=False with temporal padding {self._p[0]} needs the clip end "
                 "to be known; use count_include_pad=True or temporal padding 0"
             )
-        object.__setattr__(self, "_co_ready", True)
 
     @property
-    def padding(self) -> int:  # type: ignore[override]
-        return self._p[0] if "_co_ready" in self.__dict__ else self._nd_padding
-
-    @padding.setter
-    def padding(self, value: Any) -> None:
-        object.__setattr__(self, "_nd_padding", value)
+    def temporal_padding(self) -> int:
+        return self._p[0]
 
     @property
-    def stride(self) -> int:  # type: ignore[override]
-        return self._s[0] if "_co_ready" in self.__dict__ else self._nd_stride
-
-    @stride.setter
-    def stride(self, value: Any) -> None:
-        object.__setattr__(self, "_nd_stride", value)
+    def temporal_stride(self) -> int:
+        return self._s[0]
 
     @property
     def padding_nd(self) -> Any:
-        return self._nd_padding
+        """Deprecated: `padding` is torch's value again."""
+        warnings.warn("padding_nd is deprecated: padding is torch's value; the temporal int is temporal_padding",
+                      DeprecationWarning, stacklevel=2)
+        return self.padding
 
     @property
     def stride_nd(self) -> Any:
-        return self._nd_stride
+        """Deprecated: `stride` is torch's value again."""
+        warnings.warn("stride_nd is deprecated: stride is torch's value; the temporal int is temporal_stride",
+                      DeprecationWarning, stacklevel=2)
+        return self.stride
 
     @property
     def receptive_field(self) -> int:
         return (self._k[0] - 1) * self._d[0] + 1
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self._nd_stride}, padding={self._nd_padding}, ceil_mode={self.ceil_mode}"
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> PoolState:
         return PoolState(None, ring_init(batch_size, device), 0, 0)
@@ -161,7 +157,7 @@ class _AvgPoolNd(_PoolNd):
     _mode = "avg"
 
     def forward(self, x: Tensor) -> Tensor:
-        args = (x, self.kernel_size, self._nd_stride, self._nd_padding, self.ceil_mode, self.count_include_pad)
+        args = (x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
         if self._nd == 1:
             return F.avg_pool1d(*args)
         return _AVG[self._nd](*args, self.divisor_override)
@@ -184,7 +180,7 @@ class _MaxPoolNd(_PoolNd):
     _mode = "max"
 
     def forward(self, x: Tensor) -> Tensor:
-        return _MAX[self._nd](x, self.kernel_size, self._nd_stride, self._nd_padding, self.dilation,
+        return _MAX[self._nd](x, self.kernel_size, self.stride, self.padding, self.dilation,
                               ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
     def _spatial(self, x: Tensor) -> Tensor:
@@ -195,7 +191,7 @@ class _MaxPoolNd(_PoolNd):
     def flush(self, state: PoolState, zero_frame: Optional[Tensor] = None) -> tuple[list[Tensor], PoolState]:
         """End padding of max pooling is -inf (as torch's), not zeros."""
         frame = zero_frame if zero_frame is not None else self.zero_frame_like(state)
-        if self.padding <= 0 or frame is None:
+        if self.temporal_padding <= 0 or frame is None:
             return [], state
         return super().flush(state, torch.full_like(frame, float("-inf")))
 
@@ -278,7 +274,7 @@ class _AdaptiveAvgPoolNd(ContinualModule):
         if window is not None and window < 1:
             raise ValueError(f"{type(self).__name__}: window must be >= 1, got {window}")
         self.window = window
-        object.__setattr__(self, "_spatial_size", size[1:])
+        self._spatial_size = size[1:]
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}, window={self.window}"

@@ -2,8 +2,9 @@
 selecting, resetting, cloning and saving.
 
 Contract for every operator state (see docs/operators.md):
-- a state is a dataclass; its fields are tensors with the batch as dimension 0, host-side Python
-  ints (step counters), nested states, tuples of nested states, or None;
+- a state is a dataclass (not frozen: steps and `reset_streams` update it in place); its fields are
+  tensors with the batch as dimension 0, host-side Python ints (step counters), nested states, tuples
+  of nested states, or None;
 - counters saturate: once an operator is past its warm-up they only cycle through its stride phase,
   so two streams in the same phase have equal counters and can be stacked;
 - ring-buffer write positions are tensors (per sample, shape (B,)) so that streams at different
@@ -96,6 +97,11 @@ def _map_fields(state: Any, fn_tensor: Callable[[Tensor], Any], path: str = "sta
         }
         return dataclasses.replace(state, **changes)
     raise TypeError(f"{path}: unsupported state field type {type(state).__name__}")
+
+
+def map_state_tensors(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """A state of the same structure with `fn` applied to each of its tensors (host values kept)."""
+    return _map_fields(state, fn)
 
 
 def batch_size_of(state: Any) -> int | None:
@@ -197,27 +203,30 @@ def select_streams(state: Any, index: Sequence[int] | Tensor) -> Any:
         # a channels-last ring stays channels-last, so the selected streams keep the fast paths.
         return t[index_here]
 
-    out = _map_fields(state, take)
-    _restore_hints(out)
-    return out
+    return _restore_hints(_map_fields(state, take))
 
 
-def _restore_hints(state: Any) -> None:
-    """Set missing hints (in place, on a fresh copy) from CPU position tensors whose entries agree."""
+def _restore_hints(state: Any) -> Any:
+    """The state with missing hints set from CPU position tensors whose entries agree (a new state
+    object where a hint changes; nothing is mutated)."""
     if isinstance(state, (tuple, list)):
-        for s in state:
-            _restore_hints(s)
-    elif _is_state(state):
-        for f in dataclasses.fields(state):
-            value = getattr(state, f.name)
-            if not is_position_hint(f):
-                _restore_hints(value)
-                continue
-            pos = getattr(state, f.metadata[_HINT_KEY])
-            if value is None and isinstance(pos, Tensor) and pos.device.type == "cpu" and pos.numel() > 0:
-                positions = set(pos.tolist())
-                if len(positions) == 1:
-                    object.__setattr__(state, f.name, positions.pop())
+        return type(state)(_restore_hints(s) for s in state)
+    if not _is_state(state):
+        return state
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(state):
+        value = getattr(state, f.name)
+        if not is_position_hint(f):
+            restored = _restore_hints(value)
+            if restored is not value:
+                changes[f.name] = restored
+            continue
+        pos = getattr(state, f.metadata[_HINT_KEY])
+        if value is None and isinstance(pos, Tensor) and pos.device.type == "cpu" and pos.numel() > 0:
+            positions = set(pos.tolist())
+            if len(positions) == 1:
+                changes[f.name] = positions.pop()
+    return dataclasses.replace(state, **changes) if changes else state
 
 
 def align_positions(states: Sequence[Any]) -> list[Any]:
@@ -400,6 +409,18 @@ def _reset(state: Any, fresh: Any, idx: Tensor, path: str) -> None:
     elif _is_state(state):
         for f in dataclasses.fields(state):
             if is_position_hint(f):
-                object.__setattr__(state, f.name, None)
+                if getattr(state, f.name) is not None:
+                    _set_host_field(state, f.name, None)
                 continue
             _reset(getattr(state, f.name), None if fresh is None else getattr(fresh, f.name), idx, f"{path}.{f.name}")
+
+
+def _set_host_field(state: Any, name: str, value: Any) -> None:
+    """Update a host-side field of a state in place, as steps and `reset_streams` do with its tensors."""
+    params = getattr(type(state), "__dataclass_params__", None)
+    if params is not None and params.frozen:
+        raise TypeError(
+            f"{type(state).__name__} is a frozen dataclass, but operator states are updated in place "
+            "(steps, reset_streams); declare it with @dataclass (not frozen=True)"
+        )
+    setattr(state, name, value)

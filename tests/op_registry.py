@@ -104,3 +104,49 @@ CASES: list[OpCase] = [
     _own("recycling_pe_learned", lambda: O.RecyclingPositionalEncoding(4, 3), (2, 4, 7)),
     _own("learned_absolute_pe", lambda: O.LearnedPositionalEncoding(5, 4), (2, 4, 7)),
 ]
+
+# Windowed sequence operators: their steps see a sliding window, so `forward_steps(pad_end=True)` is not
+# `forward` (checked against torch in tests/test_ops_attention.py and tests/test_ops_transformer.py);
+# the tests that compare steps with steps (inference modes, snapshots) take them too.
+SEQUENCE_CASES: list[OpCase] = [
+    _case("single_output_attention_n4", lambda: nn.MultiheadAttention(8, 2, batch_first=True), (2, 8, 7),
+          sequence_len=4),
+    _case("retroactive_attention_n4", lambda: nn.MultiheadAttention(8, 2, batch_first=True), (2, 8, 7),
+          sequence_len=4, retroactive=True),
+    _case("transformer_encoder_L1", lambda: nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 1, enable_nested_tensor=False),
+        (2, 8, 7), sequence_len=4),
+    _case("transformer_encoder_L2_prenorm", lambda: nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=True), 2,
+        enable_nested_tensor=False), (2, 8, 7), sequence_len=4),
+]
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A zoo model in a size small enough for tests: `build_model(name, **kwargs)`, with the shape of
+    one input step (continual) or clip (offline), batch first. `steps`: how many steps a test runs
+    (None: the delay + 2, so that outputs come; fewer for the larger twins of a model already run
+    that long: their warm-up exercises the same layers)."""
+
+    name: str
+    kwargs: dict
+    shape: tuple[int, ...]
+    steps: int | None = None
+
+
+_X3D_SMALL = dict(num_classes=5, crop_size=32)
+_STGCN_SMALL = dict(num_classes=5, base_channels=4)
+
+# Every zoo name has an entry (tests/test_inference_modes.py checks it against the zoo): a new model
+# adds its small form here and is then built and stepped by the registry-driven tests.
+MODEL_CASES: list[ModelCase] = [
+    ModelCase("cox3d_xs", dict(_X3D_SMALL, window=1), (2, 3, 32, 32)),
+    *(ModelCase(f"cox3d_{size}", dict(_X3D_SMALL, window=1), (2, 3, 32, 32), steps=6) for size in ("s", "m", "l")),
+    *(ModelCase(f"x3d_{size}", dict(_X3D_SMALL, clip_length=4), (2, 3, 4, 32, 32)) for size in ("xs", "s", "m", "l")),
+    ModelCase("costgcn", dict(_STGCN_SMALL, window=8), (2, 3, 25, 2), steps=12),
+    ModelCase("costgcn_star", dict(_STGCN_SMALL, window=81), (2, 3, 25, 2), steps=12),
+    ModelCase("stgcn", dict(_STGCN_SMALL), (2, 3, 12, 25, 2)),
+    ModelCase("oadtr", dict(d_in=12, d_model=16, layers=2, heads=4, dim_feedforward=24, window=4, num_classes=5),
+              (2, 12)),
+]

@@ -323,4 +323,4 @@ def test_the_run_report_carries_the_model_nodes_stream_counters():
     assert table.startswith("model ") and f"evicted_for_room {counters['evicted_for_room']}" in table
     assert counters["streams_created"] == counters["evicted_for_room"] + 2
     assert set(counters) == {"streams", "streams_created", "gap_resets", "other_resets", "evicted_idle",
-                             "evicted_for_room"}
+                             "evicted_for_room", "rounds_over_max_streams"}

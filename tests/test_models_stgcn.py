@@ -233,7 +233,7 @@ def test_costgcn_state_dict_is_the_original_layout() -> None:
 def test_costgcn_star_steps_equal_offline_stgcn_star_on_the_sliding_window(options: dict) -> None:
     window, length = 84, 92
     offline, co = _pair("costgcn_star", window, **options)
-    assert co.receptive_field == window and co.delay == window - 1 and co.stride == 1 and co.padding == 0
+    assert co.receptive_field == window and co.delay == window - 1 and co.temporal_stride == 1 and co.temporal_padding == 0
     clip = torch.randn(2, 3, length, 25, 2)
     outputs, _ = _stream(co, clip)
     assert sorted(outputs) == list(range(window - 1, length))  # a prediction every frame after warm-up
@@ -264,7 +264,7 @@ def test_costgcn_feature_frames_equal_the_offline_backbone() -> None:
         torch.testing.assert_close(feats[t], ref[:, :, j], rtol=1e-5, atol=1e-5)
     # The prediction is the offline head over the last ceil(ceil(T/2)/2) = 10 feature frames.
     pooled_frames = co.pool.window
-    assert pooled_frames == 10 and co.stride == 4 and co.padding == 76
+    assert pooled_frames == 10 and co.temporal_stride == 4 and co.temporal_padding == 76
     outputs, _ = _stream(co, clip)
     first = 76 + 4 * (pooled_frames - 1)
     assert co.delay == first and sorted(outputs) == list(range(first, length, 4))

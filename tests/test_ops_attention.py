@@ -65,7 +65,7 @@ def test_forward_equals_torch_and_state_dict(cls) -> None:
     with torch.no_grad():
         expected = ref(clip.transpose(1, 2), clip.transpose(1, 2), clip.transpose(1, 2))[0].transpose(1, 2)
         torch.testing.assert_close(op(clip), expected, **TOL)
-    assert op.delay == 5 and op.receptive_field == 6 and op.padding == 0
+    assert op.delay == 5 and op.receptive_field == 6 and op.temporal_padding == 0
 
 
 @pytest.mark.parametrize("cls", CLASSES)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import operators as O
+from operators.weight_cache import weight_cache
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -24,8 +25,8 @@ def test_sequential_composes_rf_stride_padding():
     seq = O.Sequential(O.Conv1d(2, 2, 3, padding=1, stride=2), O.Conv1d(2, 2, 5, padding=2, stride=3), O.Conv1d(2, 2, 3))
     # rf = s1*(s2*rf3 + rf2 - s2) + rf1 - s1 ; padding = p1 + p2*s1 + p3*s1*s2
     assert seq.receptive_field == 2 * (3 * 3 + 5 - 3) + 3 - 2
-    assert seq.stride == 6 and seq.padding == 1 + 2 * 2
-    assert seq.delay == seq.receptive_field - 1 - seq.padding
+    assert seq.temporal_stride == 6 and seq.temporal_padding == 1 + 2 * 2
+    assert seq.delay == seq.receptive_field - 1 - seq.temporal_padding
     _steps_equal_offline(seq, torch.randn(2, 2, 30))
 
 
@@ -46,7 +47,7 @@ def test_sequential_accepts_ordered_dict_and_keeps_torch_keys():
 def test_residual_delays_the_shortcut():
     branch = O.Sequential(O.Conv3d(2, 2, 3, padding=1), O.ReLU(), O.Conv3d(2, 2, 3, padding=1))
     res = O.Residual(branch)
-    assert res.delay == branch.delay == 2 and res.padding == 2
+    assert res.delay == branch.delay == 2 and res.temporal_padding == 2
     clip = torch.randn(2, 2, 8, 4, 4)
     offline = _steps_equal_offline(res, clip)
     torch.testing.assert_close(offline, branch(clip) + clip, **TOL)
@@ -137,7 +138,7 @@ def test_batchnorm_folded_into_conv_steps_like_offline(groups, bias):
     )))
     _steps_equal_offline(seq, torch.randn(2, 4, 7, 5, 5))
     for conv in (seq.conv[1], seq.conv_a, seq.conv_b):  # the folded path was taken for each pair
-        assert conv.__dict__.get("_folded_cache") is not None
+        assert weight_cache(conv).peek("folded") is not None
 
 
 def test_folded_weights_follow_parameter_and_statistics_changes():

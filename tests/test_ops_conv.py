@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import operators as O
+from operators.state import drop_position_hints
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 TORCH = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -52,8 +53,8 @@ def test_conv_streams_like_torch(cfg):
         offline = co(clip)
         torch.testing.assert_close(offline, ref(clip), rtol=0, atol=0)
         torch.testing.assert_close(co.forward_steps(clip, pad_end=True), offline, **TOL)
-    assert co.padding == cfg["padding"][0] and co.stride == cfg["stride"][0]
-    assert co.padding_nd == cfg["padding"] and co.stride_nd == cfg["stride"]
+    assert co.temporal_padding == cfg["padding"][0] and co.temporal_stride == cfg["stride"][0]
+    assert co.padding == ref.padding == cfg["padding"] and co.stride == ref.stride == cfg["stride"]  # torch's
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
@@ -200,7 +201,7 @@ def test_pointwise_taps_gathered_as_rows(cls, frame, kwargs, batch):
             outs.append(y)
         nd = len(frame) - 1
         rows = state.buffer.permute((0,) + tuple(range(3, 3 + nd)) + (1, 2))
-        assert rows.is_contiguous() == (batch > 1 or co.dilation[0] > 1)
+        assert co.step_path == "taps_rows" and rows.is_contiguous()
         offline = co(clip)
         torch.testing.assert_close(torch.stack(outs[co.delay:], 2), offline[:, :, : clip.shape[2] - co.delay], **TOL)
 
@@ -242,7 +243,7 @@ def test_temporal_depthwise_step_is_a_weighted_frame_sum(bias, batch):
         norm.running_var.uniform_(0.5, 2)
         norm.weight.uniform_(0.5, 2)
     co = O.continual(nn.Sequential(conv, norm)).eval()
-    assert co[0].__dict__["_temporal_depthwise"]
+    assert co[0].step_path == "ring_clip" and co[0].geometry.temporal_depthwise
     clip = torch.randn(batch, 3, 9, 4, 5)
     with torch.no_grad():
         offline = norm(conv(clip))
@@ -253,3 +254,61 @@ def test_temporal_depthwise_step_is_a_weighted_frame_sum(bias, batch):
             y, state = co[0].step(clip[:, :, t], state)
             outs.append(y)
         torch.testing.assert_close(torch.stack(outs[2:], 2), conv(clip)[:, :, :7], **TOL)
+
+
+def _paths_agree(co, clip, lead: int) -> None:
+    """Step the conv's own path and the plain reference path (`step_reference`) side by side over
+    `clip`: on a batch whose streams sit at one ring position (with the host hint, then without) and
+    on one whose streams sit at different positions (stream b started `b * lead` strides earlier, in
+    the same phase): every output equal."""
+    batch = clip.shape[0]
+    stride = co.temporal_stride
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for offset in (0, lead):
+            states = []
+            for b in range(batch):
+                s = co.init_state(1)
+                for t in range(co.delay + 1 + b * offset * stride):  # past the warm-up, equal phases
+                    _, s = co.step(torch.randn(clip[b : b + 1, :, 0].shape, generator=gen), s)
+                states.append(s)
+            start = O.stack_states(states)
+            for hinted in (True, False):
+                fast = O.clone_state(start) if hinted else drop_position_hints(O.clone_state(start))
+                ref = O.clone_state(fast)
+                for t in range(clip.shape[2]):
+                    y, fast = co.step(clip[:, :, t], fast)
+                    y_ref, ref = co.step_reference(clip[:, :, t], ref)
+                    assert (y is None) == (y_ref is None)
+                    if y is not None:
+                        torch.testing.assert_close(y, y_ref, **TOL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(conv_configs(), st.integers(1, 3))
+def test_every_fast_path_equals_the_reference_path(cfg, lead):
+    torch.manual_seed(0)
+    co = O.continual(TORCH[cfg["nd"]](cfg["cin"], cfg["cout"], cfg["kernel"], stride=cfg["stride"],
+                                      padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"],
+                                      bias=cfg["bias"]))
+    _paths_agree(co, torch.randn(cfg["shape"][:2] + (5,) + cfg["shape"][3:]), lead)
+
+
+@pytest.mark.parametrize("path,make,frame", [
+    ("frame", lambda: O.Conv3d(4, 6, (1, 3, 3), padding=(0, 1, 1)), (4, 5, 5)),
+    ("rotated", lambda: O.Conv3d(4, 6, 3, padding=1), (4, 5, 5)),
+    ("rotated", lambda: O.Conv1d(4, 6, 3, stride=2), (4,)),
+    ("taps_rows", lambda: O.Conv2d(4, 6, (3, 1), padding=(1, 0)), (4, 7)),
+    ("taps_rows", lambda: O.Conv2d(4, 6, (3, 1), dilation=(2, 1)), (4, 7)),
+    ("ring_clip", lambda: O.Conv3d(4, 4, 3, padding=1, groups=4), (4, 5, 5)),
+    ("ring_clip", lambda: O.Conv3d(4, 4, (5, 1, 1), padding=(2, 0, 0), groups=4), (4, 5, 5)),  # a frame sum
+    ("ring_clip", lambda: O.Conv2d(4, 8, (3, 3), stride=(2, 2), padding=(0, 1), groups=2), (4, 6)),
+    ("reference", lambda: O.Conv3d(4, 4, 3, padding=(2, 1, 1), dilation=(2, 1, 1), groups=2), (4, 5, 5)),
+    ("reference", lambda: O.Conv2d(4, 6, (3, 3), padding=(0, 1), padding_mode="circular", groups=2), (4, 6)),
+])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_each_path_is_chosen_at_construction_and_equals_the_reference(path, make, frame, batch):
+    torch.manual_seed(0)
+    co = make()
+    assert co.step_path == path
+    _paths_agree(co, torch.randn((batch, frame[0], 6) + frame[1:]), lead=1)

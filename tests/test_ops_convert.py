@@ -58,9 +58,10 @@ def test_training_flag_is_kept():
     assert not co.training and not co[0].training and not co[1].training
 
 
-def test_already_continual_is_returned_as_is():
+def test_already_continual_is_copied():
     co = O.Conv1d(2, 2, 3)
-    assert O.continual(co) is co
+    copy = O.continual(co)
+    assert copy is not co and copy.weight is not co.weight and torch.equal(copy.weight, co.weight)
 
 
 def test_unknown_module_explains_how_to_proceed():

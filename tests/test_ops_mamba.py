@@ -125,7 +125,7 @@ def test_parameter_names_match_mamba_ssm() -> None:
     }
     assert Mamba(256, dt_rank=16).dt_rank == 16 and Mamba(256).dt_rank == 16
     assert set(MambaBlock(8).state_dict()) >= {"norm.weight", "mixer.A_log", "mixer.in_proj.weight"}
-    assert (m.delay, m.padding, m.receptive_field) == (0, 0, 1)
+    assert (m.delay, m.temporal_padding, m.receptive_field) == (0, 0, 1)
     with pytest.raises(ValueError, match="dt_rank"):
         Mamba(8, dt_rank=0)
 

@@ -27,7 +27,7 @@ def test_per_step_layer_equals_torch(layer):
     co = O.continual(layer).eval()
     assert isinstance(co, O.ContinualModule) and isinstance(co, type(layer))
     assert list(co.state_dict()) == list(layer.state_dict())
-    assert (co.receptive_field, co.delay, co.padding, co.stride) == (1, 0, 0, 1)
+    assert (co.receptive_field, co.delay, co.temporal_padding, co.temporal_stride) == (1, 0, 0, 1)
     clip = torch.randn(2, 3, 6, 4, 5)
     with torch.no_grad():
         expected = layer(clip)

@@ -39,7 +39,7 @@ def test_operator_contract(case):
         if ref is not None:
             torch.testing.assert_close(offline, ref(clip), rtol=0, atol=0)
             assert list(co.state_dict()) == list(ref.state_dict())
-        assert co.delay == co.receptive_field - 1 - co.padding
+        assert co.delay == co.receptive_field - 1 - co.temporal_padding
 
         # forward_steps(pad_end=True) == forward
         co.reset_state()
@@ -54,7 +54,7 @@ def test_operator_contract(case):
                 assert y is None, f"output before delay at step {t}"
             if y is not None:
                 outs.append(y)
-        expected = 0 if steps <= co.delay else (steps - 1 - co.delay) // co.stride + 1
+        expected = 0 if steps <= co.delay else (steps - 1 - co.delay) // co.temporal_stride + 1
         assert len(outs) == expected
         if outs:
             torch.testing.assert_close(torch.stack(outs, 2), offline[:, :, : len(outs)], **TOL)

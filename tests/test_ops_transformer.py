@@ -69,7 +69,7 @@ def test_encoder_step_equals_torch_on_window(depth: int, norm_first: bool, activ
         full = ref(clip.transpose(1, 2) if ref.layers[0].self_attn.batch_first else clip.permute(2, 0, 1))
         full = full.transpose(1, 2) if ref.layers[0].self_attn.batch_first else full.permute(1, 2, 0)
         torch.testing.assert_close(op(clip), full, **TOL)
-    assert (op.receptive_field, op.padding, op.delay) == (n, 0, n - 1)
+    assert (op.receptive_field, op.temporal_padding, op.delay) == (n, 0, n - 1)
 
 
 @pytest.mark.parametrize("retroactive", [False, True])

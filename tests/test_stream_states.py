@@ -64,6 +64,23 @@ def test_the_first_eviction_for_room_warns_with_the_fix(caplog):
     assert "a new ZeroMQ Client per frame" in message
 
 
+def test_a_round_keeps_its_streams_and_trims_its_newcomers_after_it():
+    clock = Clock()
+    states = table(clock, idle_timeout_s=None, max_streams=2)
+    for stream in ("old", "live"):
+        states.get(Frame(stream, 0, 0, None))
+    with states.round(["new1", "live", "new2"]):
+        for stream in ("new1", "live", "new2"):  # "live" arrives after a newcomer: still kept
+            state = states.get(Frame(stream, 1 if stream == "live" else 0, 0, None))
+            assert "live" in states
+        assert sorted(states) == ["live", "new1", "new2"]  # "old" made room; then the round held 3
+        states.put("new2", state)  # a state fetched in the round can be written back
+    assert sorted(states) == ["live", "new1"]  # the latest newcomer went first
+    assert states.counters.evicted_for_room == 2 and states.counters.rounds_over_max_streams == 1
+    with pytest.raises(KeyError, match="holds no state"):
+        states.put("new2", state)
+
+
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError, match="max_streams must be at least 1"):
         table(Clock(), max_streams=0)

@@ -44,6 +44,7 @@ from operators.models.stgcn import (
 from operators.models.weights import load_weights
 from operators.pointwise import ReLU
 from operators.pool import AdaptiveAvgPool1d
+from operators.weight_cache import weight_cache
 
 log = logging.getLogger("costream.models")
 
@@ -151,7 +152,7 @@ class CoSTGCNBlock(nn.Module):
         self.gcn = block.gcn
         self.tcn = continual(block.tcn)
         conv = self.tcn[2]
-        crop = 0 if conv.padding else (TEMPORAL_KERNEL - 1) // 2
+        crop = 0 if conv.temporal_padding else (TEMPORAL_KERNEL - 1) // 2
         self.has_residual = block.has_residual
         # The conv output at step t is centred on input t - 4: the shortcut pairs it with that frame.
         self.shortcut = Delay(conv.delay, crop_start=crop, crop_end=crop) if block.has_residual else None
@@ -184,23 +185,13 @@ class CoSTGCNBlock(nn.Module):
         if torch.is_grad_enabled() or self.training or not foldable_norm(norm) or type(tcn["1"]) is not ReLU:
             return None
         conv = self.gcn._modules["conv"]
-        key = [norm.eps]
-        for t in (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var):
-            key += (None, None) if t is None else (t.data_ptr(), t._version)
-        cache = self.__dict__.get("_gcn_cache")
-        if cache is None or cache[0] != key:
-            with torch.no_grad():
-                cache = (key, _fold_norm_into_gcn(conv, norm, self.gcn.num_subsets))
-            object.__setattr__(self, "_gcn_cache", cache)
-        return cache[1]
+        sources = (conv.weight, conv.bias, norm.weight, norm.bias, norm.running_mean, norm.running_var)
+        return weight_cache(self).get("gcn", sources, lambda: _fold_norm_into_gcn(conv, norm, self.gcn.num_subsets),
+                                      extra=norm.eps)
 
     def _shift_rows(self, shift: Tensor, n: int) -> Tensor:
         """The folded shift (C',) repeated for `n` bodies as (N*C', 1) rows, cached per shift and n."""
-        cache = self.__dict__.get("_shift_cache")
-        if cache is None or cache[0] is not shift or cache[1] != n:
-            cache = (shift, n, shift.repeat(n).unsqueeze(1))
-            object.__setattr__(self, "_shift_cache", cache)
-        return cache[2]
+        return weight_cache(self).get("shift_rows", (shift,), lambda: shift.repeat(n).unsqueeze(1), extra=n)
 
     def step(self, x: Tensor, adjacency: Tensor, state: BlockState) -> tuple[Optional[Tensor], BlockState]:
         """x (N, C, V) one frame -> (N, C', V) or None (warm-up, or between strided outputs)."""
@@ -271,7 +262,7 @@ class CoSTGCN(STGCNForward, ContinualModule):
         t = clip_frames
         for block in self.st_gcn_networks:
             conv = block.conv
-            t = (t + 2 * conv.padding - TEMPORAL_KERNEL) // conv.stride + 1
+            t = (t + 2 * conv.temporal_padding - TEMPORAL_KERNEL) // conv.temporal_stride + 1
         return t
 
     def _layers(self) -> list[nn.Module]:
@@ -281,19 +272,19 @@ class CoSTGCN(STGCNForward, ContinualModule):
     def receptive_field(self) -> int:
         rf = 1
         for layer in reversed(self._layers()):
-            rf = layer.stride * rf + layer.receptive_field - layer.stride
+            rf = layer.temporal_stride * rf + layer.receptive_field - layer.temporal_stride
         return rf
 
     @property
-    def stride(self) -> int:
-        return math.prod(layer.stride for layer in self._layers())
+    def temporal_stride(self) -> int:
+        return math.prod(layer.temporal_stride for layer in self._layers())
 
     @property
-    def padding(self) -> int:
+    def temporal_padding(self) -> int:
         total, scale = 0, 1
         for layer in self._layers():
-            total += layer.padding * scale
-            scale *= layer.stride
+            total += layer.temporal_padding * scale
+            scale *= layer.temporal_stride
         return total
 
     # Continual -----------------------------------------------------------------------------------
@@ -327,15 +318,8 @@ class CoSTGCN(STGCNForward, ContinualModule):
     def _step_adjacencies(self) -> list[Tensor]:
         """Each block's A * edge_importance, cached (without autograd) until A or an importance changes."""
         blocks = range(len(self.st_gcn_networks))
-        if torch.is_grad_enabled():
-            return [self.adjacency(i) for i in blocks]
         sources = [self.A] + ([] if self.edge_importance is None else list(self.edge_importance))
-        key = [(t.data_ptr(), t._version) for t in sources]
-        cache = self.__dict__.get("_adjacency_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, [self.adjacency(i) for i in blocks])
-            object.__setattr__(self, "_adjacency_cache", cache)
-        return cache[1]
+        return weight_cache(self).get("adjacency", sources, lambda: [self.adjacency(i) for i in blocks])
 
     def step(self, x: Tensor, state: CoSTGCNState) -> tuple[Optional[Tensor], CoSTGCNState]:
         if self.training:

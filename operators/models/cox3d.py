@@ -32,8 +32,9 @@ from torch import Tensor, nn
 import operators
 from operators.base import ContinualModule
 from operators.containers import SequentialState
-from operators.conv import ConvState, _pointwise_conv, foldable_norm
+from operators.conv import ConvState, foldable_norm, pointwise_conv
 from operators.delay import ring_buffer_for, ring_hint, ring_write_at
+from operators.weight_cache import weight_cache
 from operators.models.x3d import (
     X3D,
     Bottleneck,
@@ -120,8 +121,8 @@ class CoHead(ContinualModule):
         return self.pool.receptive_field
 
     @property
-    def padding(self) -> int:
-        return self.pool.padding
+    def temporal_padding(self) -> int:
+        return self.pool.temporal_padding
 
     def _classify(self, x: Tensor, channel_last: tuple[int, ...], back: tuple[int, ...]) -> Tensor:
         if self.dropout is not None:
@@ -177,8 +178,8 @@ class CoResBlock(ContinualModule):
         return self.branch2.receptive_field
 
     @property
-    def padding(self) -> int:
-        return self.branch2.padding
+    def temporal_padding(self) -> int:
+        return self.branch2.temporal_padding
 
     # The offline computation is X3D's block itself (same child names, each child's forward is torch's).
     forward = ResBlock.forward
@@ -216,30 +217,26 @@ class CoResBlock(ContinualModule):
     # The settled step: one function for the whole block ----------------------------------------
     def _fast_weights(self) -> Optional[tuple]:
         """The block's BatchNorm-folded weights, or None where the generic step applies: autograd on,
-        a training-mode norm, or children that are not X3D's. Cached with a key of the children
-        (identity, mode) and of every parameter and statistic (storage, version), checked each step."""
+        a training-mode norm, or children that are not X3D's. Cached (operators/weight_cache.py) on
+        every parameter and statistic of the block and on its children (identity, mode)."""
         if torch.is_grad_enabled() or self.training:
             return None
-        key = self._fast_key()
-        cache = self.__dict__.get("_fast_cache")
-        if cache is None or cache[0] != key:
-            cache = (key, self._fold_block())
-            object.__setattr__(self, "_fast_cache", cache)
-        return cache[1]
+        sources, extra = self._fast_sources()
+        return weight_cache(self).get("block", sources, self._fold_block, extra=extra)
 
-    def _fast_key(self) -> list:
+    def _fast_sources(self) -> tuple[list, list]:
         b = self.branch2._modules
         norm_b = b["norm_b"]._modules
-        key: list = [tuple(b.values()), tuple(norm_b.values()), self.branch1_conv, self.branch1_norm, self.activation]
+        extra: list = [tuple(b.values()), tuple(norm_b.values()), self.branch1_conv, self.branch1_norm, self.activation]
+        sources: list = []
         for m in (b["conv_a"], b["norm_a"], b["conv_b"], norm_b.get("0"), b["conv_c"], b["norm_c"],
                   self.branch1_conv, self.branch1_norm):
             if m is None:
                 continue
-            key += (m.training, m.__dict__.get("eps"))
-            for group in (m._parameters, m._buffers):
-                for t in group.values():
-                    key += (None, None) if t is None else (t.data_ptr(), t._version)
-        return key
+            extra += (m.training, m.__dict__.get("eps"))
+            sources += m._parameters.values()
+            sources += m._buffers.values()
+        return sources, extra
 
     def _fold_block(self) -> Optional[tuple]:
         b = self.branch2._modules
@@ -247,7 +244,7 @@ class CoResBlock(ContinualModule):
         if not (foldable_norm(b["norm_a"]) and foldable_norm(norm_b[0]) and foldable_norm(b["norm_c"])
                 and type(b["act_a"]) is operators.ReLU and type(b["act_b"]) is CoSwish
                 and type(self.activation) is operators.ReLU and len(norm_b) == 2
-                and b["conv_b"].stride == 1 and self.shortcut_delay.crop_start == 0):
+                and b["conv_b"].temporal_stride == 1 and self.shortcut_delay.crop_start == 0):
             return None  # the settled step emits every step and reads the shortcut ring's oldest slot
         wa, ba, _, _ = b["conv_a"]._folded_weights(b["norm_a"])
         _, bb, _, ring_b = b["conv_b"]._folded_weights(norm_b[0])
@@ -279,7 +276,7 @@ class CoResBlock(ContinualModule):
         wa, ba, ring_b, bb, wc, bc, w1, b1 = weights
         shortcut = x
         if self.branch1_conv is not None:
-            shortcut = _pointwise_conv(x, w1, b1, self.branch1_conv.stride_nd[1:])
+            shortcut = pointwise_conv(x, w1, b1, self.branch1_conv.geometry.spatial_stride)
         ring = sb.buffer
         slot = ring.select(1, sb.at).movedim(1, -1)  # (B, *S, C): contiguous for one stream
         rows = x.movedim(1, -1)
@@ -291,16 +288,16 @@ class CoResBlock(ContinualModule):
             at_b = sb.at + 1 if sb.at + 1 < ring.shape[1] else 0
             sb.pos.fill_(at_b)
         else:
-            a = _pointwise_conv(x, wa, ba, (1, 1)).relu_()
+            a = pointwise_conv(x, wa, ba, (1, 1)).relu_()
             ring = ring_buffer_for(ring, a, ring.shape[1], "continual conv", channels_last=True)
             at_b = ring_write_at(ring, sb.pos, sb.at, a)
-        y = conv_b._ring_conv(ring.transpose(1, 2), ring_b[at_b], bb, conv_b.groups).squeeze(2)
+        y = conv_b.geometry.ring_conv(ring.transpose(1, 2), ring_b[at_b], bb, conv_b.groups).squeeze(2)
         se = b["norm_b"]._modules["1"]
         if type(se) is CoSqueezeExcitation:
             y = se.gate_(y)  # y is the conv's fresh output
         else:
             y = se.step(y, None)[0]
-        y = _pointwise_conv(F.silu(y, inplace=True), wc, bc, (1, 1))
+        y = pointwise_conv(F.silu(y, inplace=True), wc, bc, (1, 1))
         lag = sd.buffer.shape[1]
         ring_d = ring_buffer_for(sd.buffer, shortcut, lag, "Delay", channels_last=None)
         at_d = ring_write_at(ring_d, sd.pos, sd.at, shortcut)
@@ -381,12 +378,12 @@ class CoX3D(ContinualModule):
         return self.blocks.receptive_field
 
     @property
-    def padding(self) -> int:
-        return self.blocks.padding
+    def temporal_padding(self) -> int:
+        return self.blocks.temporal_padding
 
     @property
-    def stride(self) -> int:
-        return self.blocks.stride
+    def temporal_stride(self) -> int:
+        return self.blocks.temporal_stride
 
     def forward(self, clip: Tensor) -> Tensor:
         return self.blocks(clip)

@@ -109,7 +109,9 @@ class ModelNodeParams:
     weights: str | None = None  # path to a checkpoint; None: random init (a warning is logged)
     idle_timeout_s: float | None = 60.0  # evict a stream's state after this long without frames
     reset_on_gap: bool = True  # a jump in a stream's seq (or meta["discontinuity"]) starts its state afresh
-    max_streams: int | None = 64  # states held at most (a new stream evicts the least recently seen); None: no bound
+    # states held at most between rounds (a new stream evicts the least recently seen; a round of more
+    # streams than this is stepped whole and its newcomers evicted after it); None: no bound
+    max_streams: int | None = 64
 
     def __post_init__(self) -> None:
         if self.max_streams is not None and self.max_streams < 1:
@@ -170,13 +172,15 @@ class ContinualModelNode(Operator):
     def stats(self) -> dict[str, int]:
         """Streams held now and what happened to their states: created, reset on a seq gap, reset
         otherwise (a discontinuity, a failed step, `reset_stream`), evicted when idle, evicted to stay
-        within max_streams."""
+        within max_streams, and the rounds (frames stepped together) that brought more distinct
+        streams than max_streams (all stepped; the round's newcomers evicted after it)."""
         states = getattr(self, "states", None)
         if states is None:
             return {}
         c = states.counters
         return {"streams": len(states), "streams_created": c.created, "gap_resets": c.gap_resets,
-                "other_resets": c.explicit_resets, "evicted_idle": c.evicted, "evicted_for_room": c.evicted_for_room}
+                "other_resets": c.explicit_resets, "evicted_idle": c.evicted, "evicted_for_room": c.evicted_for_room,
+                "rounds_over_max_streams": c.rounds_over_max_streams}
 
     def reset_stream(self, stream: str) -> None:
         """Forget one stream's state; its next frame starts a new continual state."""
@@ -189,13 +193,15 @@ class ContinualModelNode(Operator):
         A frame whose input is unusable fails alone (FrameFailure) before any state is touched: its
         stream's next frame then follows a gap, and the streams batched with it step as usual. A
         failing step fails its whole batch, and those streams start afresh (an in-place step may
-        have changed part of their state). Outputs come in arrival order."""
+        have changed part of their state). Outputs come in arrival order. No stream of the round is
+        evicted before its new state is written back (`StreamStates.round`): a round of more distinct
+        streams than max_streams is stepped whole, and its newcomers are evicted after it."""
         results: dict[int, Frame | FrameFailure] = {}  # arrival index -> output or failure
         by_batch: dict[int, list[_Member]] = {}  # id(batched state) -> its rows that arrived
         arrived = frozenset(frame.stream for frame in frames)
         merge = self._recent_arrivals.count(arrived) >= MERGE_AFTER  # they keep arriving together
         self._recent_arrivals.append(arrived)
-        with torch.inference_mode():
+        with torch.inference_mode(), self.states.round(arrived):
             for i, frame in enumerate(frames):
                 try:
                     x = self._prepare(frame)
