@@ -10,6 +10,7 @@ are registered when this module is imported (the `costream.nodes` entry point na
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from sensors.video import ReconnectPolicy, VideoCounters, VideoReader
 from sensors.video_transforms import VideoTransform, preview
 from stream.frame import Frame
 from stream.node import NodeContext, Operator, Source
+from stream.ports import IMAGE, SKELETON, VIDEO, Port
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.nodes")
@@ -75,6 +77,17 @@ def _video_data(image: np.ndarray, transform: VideoTransform, params: TransformP
     return data
 
 
+def _video_port(transform: VideoTransform, size: tuple[int, int] | None = None) -> tuple[Port, ...]:
+    """The video port of frames made by `transform` from images of `size` (H, W), when known."""
+    if transform.crop is not None:
+        height, width = transform.crop
+    elif size is not None:
+        height, width = transform.output_size(*size)
+    else:
+        return (VIDEO.with_shape(3, "H", "W"),)
+    return (VIDEO.with_shape(3, height, width),)
+
+
 def _transform_fields(params: TransformParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in TransformParams.__dataclass_fields__}
 
@@ -93,6 +106,12 @@ class VideoPreprocess(Operator):
 
     Params = VideoPreprocessParams
     outputs_follow_inputs = True
+    consumes = IMAGE
+    produces = VIDEO
+
+    @classmethod
+    def output_ports(cls, params: VideoPreprocessParams) -> tuple[Port, ...]:
+        return _video_port(params.transform())
 
     def __init__(self, params: VideoPreprocessParams | None = None) -> None:
         super().__init__(params)
@@ -146,6 +165,23 @@ class VideoSource(Source):
     """
 
     Params = VideoParams
+    produces = VIDEO
+
+    @classmethod
+    def output_ports(cls, params: VideoParams) -> tuple[Port, ...]:
+        return _video_port(params.transform())
+
+    @classmethod
+    def is_live(cls, params: VideoParams) -> bool:
+        """A camera index, a device file or a network URL is live; a file is not."""
+        uri = params.uri
+        if isinstance(uri, int) or str(uri).strip().isdigit():
+            return True
+        return "://" in str(uri) or str(uri).startswith("/dev/")
+
+    @property
+    def stream_count(self) -> int:
+        return 1
 
     def __init__(self, params: VideoParams | None = None, **reader_options: Any) -> None:
         super().__init__(params)
@@ -235,10 +271,23 @@ class SyntheticVideoSource(Source):
     """
 
     Params = SyntheticVideoParams
+    produces = VIDEO
 
     def __init__(self, params: SyntheticVideoParams | None = None) -> None:
         super().__init__(params)
         self._transform = self.params.transform()
+
+    @classmethod
+    def output_ports(cls, params: SyntheticVideoParams) -> tuple[Port, ...]:
+        return _video_port(params.transform(), (params.height, params.width))
+
+    @classmethod
+    def with_frames(cls, params: SyntheticVideoParams, frames: int) -> SyntheticVideoParams:
+        return dataclasses.replace(params, frames=frames)
+
+    @property
+    def stream_count(self) -> int:
+        return self.params.streams
 
     @property
     def native_rate_hz(self) -> float | None:
@@ -305,6 +354,15 @@ class SkeletonSource(Source):
     """
 
     Params = SkeletonParams
+    produces = SKELETON
+
+    @classmethod
+    def output_ports(cls, params: SkeletonParams) -> tuple[Port, ...]:
+        return (SKELETON.with_shape(3, 25, params.max_bodies),)
+
+    @property
+    def stream_count(self) -> int | None:
+        return 1 if self.params.one_stream else len(self.files) or None
 
     def __init__(self, params: SkeletonParams | None = None) -> None:
         super().__init__(params)
@@ -403,6 +461,19 @@ class SyntheticSkeletonSource(Source):
     """Synthetic NTU-25 skeleton tracks, several streams interleaved frame by frame."""
 
     Params = SyntheticSkeletonParams
+    produces = SKELETON
+
+    @classmethod
+    def output_ports(cls, params: SyntheticSkeletonParams) -> tuple[Port, ...]:
+        return (SKELETON.with_shape(3, 25, params.max_bodies),)
+
+    @classmethod
+    def with_frames(cls, params: SyntheticSkeletonParams, frames: int) -> SyntheticSkeletonParams:
+        return dataclasses.replace(params, frames=frames)
+
+    @property
+    def stream_count(self) -> int:
+        return self.params.streams
 
     @property
     def native_rate_hz(self) -> float | None:

@@ -23,6 +23,7 @@ from sensors.labels import Prediction, as_probabilities, load_labels, top_k
 from sensors.synthetic_video import fourcc_for
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Sink
+from stream.ports import SCORES, VIDEO
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.sinks")
@@ -124,6 +125,7 @@ class LabelsConsole(Sink):
     """Top-k labels with confidence and end-to-end latency, one line per stream at most every min_interval_s."""
 
     Params = ConsoleParams
+    consumes = SCORES
 
     def __init__(
         self, params: ConsoleParams | None = None, *, clock: Callable[[], int] = now_ns, out: TextIO | None = None
@@ -164,6 +166,7 @@ class LabelsJsonl(Sink):
     """One JSON line per prediction: stream, seq, t_capture (ns), labels, scores, latency_ms, model, labelset."""
 
     Params = JsonlParams
+    consumes = SCORES
 
     def __init__(self, params: JsonlParams | None = None, *, clock: Callable[[], int] = now_ns) -> None:
         super().__init__(params)
@@ -216,6 +219,7 @@ class AnnotatedVideoWriter(Sink):
     """
 
     Params = VideoWriterParams
+    consumes = (SCORES, VIDEO)  # with data["image"], the source's preview
 
     def __init__(self, params: VideoWriterParams | None = None, *, clock: Callable[[], int] = now_ns) -> None:
         super().__init__(params)

@@ -20,8 +20,9 @@ from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_coun
 from stream.executors import check_executor_name
 from stream.params import ParamsError, build_params
 from stream.registry import UnknownKindError, resolve
+from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
-    GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+    GraphIssue, GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
 )
 from stream.spec import (
     DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
@@ -75,6 +76,8 @@ class _Partial:
     inputs: list[InputSpec]
     join: bool
     raw: Mapping[str, Any]
+    consumes: Any = None  # declared ports (stream.ports), None when undeclared or unknown
+    produces: Any = None
 
 
 class PipelineChecker:
@@ -239,7 +242,12 @@ class PipelineChecker:
         rate_hz = self.rate(name, raw, role)
         max_batch = self.max_batch(name, raw, role)
         fuse = self.fuse(name, raw, role)
-        self.partial[name] = _Partial(name, str(kind), role, inputs, join is not None, raw)
+        consumes = produces = None
+        if cls is not None and params is not None:
+            consumes, produces, problem = declared_ports(cls, params)
+            if problem is not None:
+                self.error(problem, raw, "kind", name, "kind")
+        self.partial[name] = _Partial(name, str(kind), role, inputs, join is not None, raw, consumes, produces)
         if not ok or device is None or not inputs_ok or on_error is None:
             return None
         return NodeSpec(name=name, kind=kind, node_class=cls, params=params, inputs=tuple(inputs), device=device,
@@ -362,7 +370,13 @@ class PipelineChecker:
         placed at the line of the input, `inputs`, `join` or node it concerns."""
         parts = self.partial
         views = [GraphNode(p.name, p.kind, p.role, tuple(i.source for i in p.inputs), p.join) for p in parts.values()]
-        for issue in graph_issues(views):
+        issues = graph_issues(views)
+        if not issues:  # port types are compared along edges that exist
+            ports = [PortNode(p.name, p.kind, tuple(i.source for i in p.inputs), p.consumes, p.produces, p.join)
+                     for p in parts.values()]
+            issues = [GraphIssue(i.node, f"inputs[{i.index}]", i.message, i.index)
+                      for i in port_issues(ports, kinds_producing, kinds_consuming)]
+        for issue in issues:
             raw = parts[issue.node].raw
             lines = self.input_lines.get(issue.node)
             if issue.index is not None and isinstance(lines, LocatedList):

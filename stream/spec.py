@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from stream.devices import DeviceError, parse_device
+from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
     GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
 )
@@ -134,9 +135,20 @@ class PipelineSpec:
         """Every rule this pipeline breaks, as `node 'x', field 'y': message` lines."""
         graph = [GraphNode(n.name, n.kind, n.role, tuple(i.source for i in n.inputs), n.join is not None)
                  for n in self.nodes]
-        found = [f"node {i.node!r}, field {i.field!r}: {i.message}" for i in graph_issues(graph)]
+        issues = graph_issues(graph)
+        found = [f"node {i.node!r}, field {i.field!r}: {i.message}" for i in issues]
         for node in self.nodes:
             found += [f"node {node.name!r}: {p}" for p in node.problems()]
+        if not issues:  # wiring first: port types are compared along edges that exist
+            ports = []
+            for n in self.nodes:
+                consumes, produces, problem = declared_ports(n.node_class, n.params)
+                if problem is not None:
+                    found.append(f"node {n.name!r}: {problem}")
+                ports.append(PortNode(n.name, n.kind, tuple(i.source for i in n.inputs), consumes, produces,
+                                      n.join is not None))
+            found += [f"node {i.node!r}, field 'inputs[{i.index}]': {i.message}"
+                      for i in port_issues(ports, kinds_producing, kinds_consuming)]
         return found
 
     def validate(self) -> "PipelineSpec":

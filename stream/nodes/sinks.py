@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from stream.frame import Frame, now_ns
 from stream.node import Sink
+from stream.ports import ANY
 from stream.registry import register
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -14,6 +15,8 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @register("null")
 class NullSink(Sink):
     """Counts what arrives; the end of a benchmark pipeline (latency is recorded by the runtime)."""
+
+    consumes = ANY
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -26,6 +29,8 @@ class NullSink(Sink):
 @register("log")
 class LogSink(Sink):
     """Logs stream, seq, a data summary and the latency so far of every `every`-th frame."""
+
+    consumes = ANY
 
     @dataclass(frozen=True)
     class Params:
