@@ -27,6 +27,7 @@ from sensors.synthetic_video import SyntheticVideo, SyntheticVideoConfig
 from sensors.video import ReconnectPolicy, VideoCounters, VideoReader
 from sensors.video_transforms import VideoTransform, preview
 from stream.frame import Frame
+from stream.input_paths import InputPath
 from stream.node import NodeContext, Operator, Source
 from stream.ports import IMAGE, SKELETON, VIDEO, Port
 from stream.registry import register
@@ -132,7 +133,7 @@ class VideoPreprocess(Operator):
 
 @dataclass(frozen=True)
 class VideoParams(TransformParams):
-    uri: str | int = field(kw_only=True)  # file path, camera index (0) or URL (rtsp://..., http://...)
+    uri: InputPath | int = field(kw_only=True)  # file path, camera index (0) or URL (rtsp://..., http://...)
     loop: bool = False  # start a file again when it ends
     stream: str | None = None  # stream id of the frames; default: the node name
     max_frames: int | None = None  # stop after this many frames
@@ -325,7 +326,7 @@ class SyntheticVideoSource(Source):
 
 @dataclass(frozen=True)
 class SkeletonParams:
-    path: str  # an NTU RGB+D .skeleton file or a directory of them (read in sorted order)
+    path: InputPath  # an NTU RGB+D .skeleton file or a directory of them (read in sorted order)
     one_stream: bool = False  # all files as one stream (the node name); default: one stream per file
     max_bodies: int = 2  # M of the emitted (3, 25, M) arrays
     fps: float = 30.0  # Kinect v2 rate; the native rate for `rate_hz: native`

@@ -1,7 +1,8 @@
 """costream's dataflow runtime: frames, nodes, pipelines, executors, metrics and the CLI."""
 from stream.frame import Frame, now_ns
+from stream.input_paths import InputPath
 from stream.node import FrameFailure, NodeContext, Operator, Sink, Source
 from stream.registry import register
 from stream.state import StreamStates
 
-__all__ = ["Frame", "FrameFailure", "NodeContext", "Operator", "Sink", "Source", "StreamStates", "now_ns", "register"]
+__all__ = ["Frame", "FrameFailure", "InputPath", "NodeContext", "Operator", "Sink", "Source", "StreamStates", "now_ns", "register"]

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_count, resolve_device
 from stream.executors import check_executor_name
+from stream.input_paths import missing_input_paths
 from stream.params import ParamsError, build_params
 from stream.registry import UnknownKindError, resolve
 from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
@@ -226,6 +227,9 @@ class PipelineChecker:
         elif cls is not None:
             try:
                 params = build_params(cls.Params, raw_params or {})
+                for field, message in missing_input_paths(params):
+                    where = raw_params if isinstance(raw_params, LocatedDict) and field in raw_params else raw
+                    self.error(message, where, field if where is raw_params else "params", name, f"params.{field}")
             except ParamsError as exc:
                 ok = False
                 for issue in exc.issues:

@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from stream.devices import DeviceError, parse_device
+from stream.input_paths import missing_input_paths
 from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
     GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
@@ -110,6 +111,7 @@ class NodeSpec:
             found.append(str(exc))
         if self.join is not None:
             found += [message for _, message in join_problems(self.join.timeout_s, self.join.max_pending)]
+        found += [f"field 'params.{name}': {message}" for name, message in missing_input_paths(self.params)]
         return [p for p in found if p is not None]
 
 
