@@ -23,16 +23,17 @@ from stream.params import ParamsError, build_params
 from stream.registry import UnknownKindError, resolve
 from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
-    GraphIssue, GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+    GraphIssue, GraphNode, drain_timeout_problem, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
 )
+from stream.outcome import FailureAllowance
 from stream.spec import (
-    DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
+    DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
 )
 from stream.suggest import closest, suggest
 from stream.yaml_loader import LocatedDict, LocatedList
 
 TOP_LEVEL_FIELDS = ("version", "name", "description", "executor", "options", "nodes")
-OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames")
+OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames", "drain_timeout_s", "max_failed_frames")
 NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
 INPUT_FIELDS = ("from", "queue_size", "policy")
 JOIN_FIELDS = ("timeout_s", "max_pending")
@@ -141,6 +142,7 @@ class PipelineChecker:
             self.error(problem, mapping, "executor", None, "executor")
             executor = DEFAULT_EXECUTOR
         allow_fallback, warmup = self.options(mapping.get("options"), mapping)
+        drain_timeout_s, max_failed = self.stop_options(mapping.get("options"))
         nodes = mapping.get("nodes")
         specs: list[NodeSpec] = []
         if nodes is None:
@@ -161,7 +163,7 @@ class PipelineChecker:
             raise ConfigError(self.issues, self.file)
         return PipelineSpec(name=name, nodes=tuple(specs), allow_cpu_fallback=allow_fallback,
                             warmup_frames=warmup, source=SourceLocation(self.file) if self.file else SourceLocation(),
-                            executor=executor)
+                            executor=executor, drain_timeout_s=drain_timeout_s, max_failed_frames=max_failed)
 
     def options(self, options: Any, parent: Mapping[str, Any]) -> tuple[bool, int]:
         if options is None:
@@ -181,6 +183,22 @@ class PipelineChecker:
                        "options.warmup_frames")
             warmup = 10
         return allow, warmup
+
+    def stop_options(self, options: Any) -> tuple[float | None, FailureAllowance]:
+        """`options.drain_timeout_s` and `options.max_failed_frames` (defaults when absent or invalid)."""
+        if not isinstance(options, Mapping):
+            return DEFAULT_DRAIN_TIMEOUT_S, FailureAllowance()
+        drain = options.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)
+        problem = drain_timeout_problem(drain)
+        if problem is not None:
+            self.error(problem, options, "drain_timeout_s", None, "options.drain_timeout_s")
+            drain = DEFAULT_DRAIN_TIMEOUT_S
+        try:
+            allowance = FailureAllowance.parse(options.get("max_failed_frames", 0))
+        except ValueError as exc:
+            self.error(f"max_failed_frames: {exc}", options, "max_failed_frames", None, "options.max_failed_frames")
+            allowance = FailureAllowance()
+        return None if drain is None else float(drain), allowance
 
     # -- one node --------------------------------------------------------------------------------
 

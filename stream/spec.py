@@ -13,12 +13,14 @@ from typing import Any
 
 from stream.devices import DeviceError, parse_device
 from stream.input_paths import missing_input_paths
+from stream.outcome import FailureAllowance
 from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
-    GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+    GraphNode, drain_timeout_problem, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
 )
 
 DEFAULT_EXECUTOR = "local"
+DEFAULT_DRAIN_TIMEOUT_S = 5.0  # `options.drain_timeout_s`: how long a stop waits for queued frames
 
 
 class QueuePolicy(str, Enum):
@@ -123,6 +125,11 @@ class PipelineSpec:
     warmup_frames: int = 10
     source: SourceLocation = field(default_factory=SourceLocation)
     executor: str = DEFAULT_EXECUTOR  # which executor runs it (`stream.executors`): YAML `executor:`, --executor
+    # After a stop is requested (Ctrl-C, SIGTERM, a fatal error), queued frames still flow for at most
+    # this long; then what is left is discarded and counted per edge. None: wait for every frame.
+    drain_timeout_s: float | None = DEFAULT_DRAIN_TIMEOUT_S
+    # Failed frames a run may have and still exit 0 (`options.max_failed_frames`: N or 'P%').
+    max_failed_frames: FailureAllowance = field(default_factory=FailureAllowance)
 
     def node(self, name: str) -> NodeSpec:
         for spec in self.nodes:
@@ -135,10 +142,12 @@ class PipelineSpec:
 
     def problems(self) -> list[str]:
         """Every rule this pipeline breaks, as `node 'x', field 'y': message` lines."""
+        found_options = [f"field 'options.drain_timeout_s': {p}" for p in [drain_timeout_problem(self.drain_timeout_s)]
+                         if p is not None]
         graph = [GraphNode(n.name, n.kind, n.role, tuple(i.source for i in n.inputs), n.join is not None)
                  for n in self.nodes]
         issues = graph_issues(graph)
-        found = [f"node {i.node!r}, field {i.field!r}: {i.message}" for i in issues]
+        found = found_options + [f"node {i.node!r}, field {i.field!r}: {i.message}" for i in issues]
         for node in self.nodes:
             found += [f"node {node.name!r}: {p}" for p in node.problems()]
         if not issues:  # wiring first: port types are compared along edges that exist
