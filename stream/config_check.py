@@ -335,11 +335,11 @@ class PipelineChecker:
             if problem is not None:
                 self.error(problem, item, "queue_size", name, f"{field}.queue_size")
                 ok, size = False, 4
-            policy = self.enum(name, item, "policy", QueuePolicy, QueuePolicy.LATEST)
-            if policy is None:
+            policy = self.enum(name, item, "policy", QueuePolicy, None)  # None: the default by source
+            if policy is None and item.get("policy") is not None:
                 self.issues[-1] = ConfigIssue(self.issues[-1].location, self.issues[-1].message, name,
                                               f"{field}.policy")
-                ok, policy = False, QueuePolicy.LATEST
+                ok = False
             out.append(InputSpec(source=source, queue_size=size, policy=policy))
         self.input_lines[name] = value
         return out, ok

@@ -3,7 +3,9 @@
     plan = GraphPlan.build(spec, fuse={"out"}, free_running=False, max_frames=None)
 
 `build` validates the spec (`PipelineSpec.validate`: names, inputs, roles, joins, cycles, field
-values), resolves every node's device (`stream.devices`: one error text, one fallback warning),
+values, port types), gives every input without a policy the default by source
+(`PipelineSpec.with_default_policies`: `latest` behind live sources, else `block`; the plan's spec
+has every policy set), resolves every node's device (`stream.devices`: one error text, one fallback warning),
 decides operator chaining (which nodes run in their producer's thread) and the sources' pacing, and
 raises `PipelineStartError` with every problem before anything is set up. Executors run a plan; they
 differ only in where nodes run and how frames travel.
@@ -91,7 +93,7 @@ class GraphPlan:
             raise TypeError(f"fuse must be a collection of node names, got the string {fuse!r}; write [{fuse!r}]")
         where = f"pipeline {spec.name!r} cannot start"
         try:
-            spec.validate()
+            spec = spec.validate().with_default_policies()
         except SpecError as exc:
             raise PipelineStartError(f"{where}: " + "; ".join(exc.problems)) from None
         resolved: dict[str, Device] = {}

@@ -7,7 +7,7 @@ every executor validates through it (`stream.plan.GraphPlan`) before anything is
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -53,11 +53,15 @@ class SourceLocation:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input edge: from node `source` into the consuming node."""
+    """One input edge: from node `source` into the consuming node.
+
+    `policy` None is the default by source (`PipelineSpec.with_default_policies`, applied when a run is
+    planned): `latest` downstream of a live source (camera, socket, interface), lossless `block`
+    downstream of files and synthetic sources."""
 
     source: str
     queue_size: int = 4
-    policy: QueuePolicy = QueuePolicy.LATEST
+    policy: QueuePolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class NodeSpec:
                  fuse_problem(self.fuse, role, self.name)]
         found += [queue_size_problem(i.queue_size, i.source, self.name) for i in self.inputs]
         for i in self.inputs:
+            if i.policy is None:
+                continue  # the default by source
             try:
                 QueuePolicy(i.policy)
             except ValueError:
@@ -161,6 +167,38 @@ class PipelineSpec:
             found += [f"node {i.node!r}, field 'inputs[{i.index}]': {i.message}"
                       for i in port_issues(ports, kinds_producing, kinds_consuming)]
         return found
+
+    def live_nodes(self) -> set[str]:
+        """Nodes whose frames come (also) from a live source: a source whose `is_live(params)` is true,
+        and every node downstream of one."""
+        by_name = {n.name: n for n in self.nodes}
+        memo: dict[str, bool] = {}
+
+        def live(name: str, path: frozenset[str] = frozenset()) -> bool:
+            if name not in memo:
+                node = by_name.get(name)
+                if node is None or name in path:
+                    return False
+                if node.role == "source":
+                    is_live = getattr(node.node_class, "is_live", None)
+                    memo[name] = bool(is_live(node.params)) if is_live is not None else False
+                else:
+                    memo[name] = any(live(i.source, path | {name}) for i in node.inputs)
+            return memo[name]
+
+        return {n.name for n in self.nodes if live(n.name)}
+
+    def with_default_policies(self) -> "PipelineSpec":
+        """This spec with every input that names no policy given the default by source: `latest` when
+        the producer's frames come from a live source (a camera falls behind, never queues up), else
+        lossless `block` (a file or synthetic source waits for its consumers)."""
+        if all(i.policy is not None for n in self.nodes for i in n.inputs):
+            return self
+        live = self.live_nodes()
+        nodes = tuple(replace(n, inputs=tuple(
+            i if i.policy is not None else replace(i, policy=QueuePolicy.LATEST if i.source in live else QueuePolicy.BLOCK)
+            for i in n.inputs)) for n in self.nodes)
+        return replace(self, nodes=nodes)
 
     def validate(self) -> "PipelineSpec":
         """Raise SpecError listing every rule this pipeline breaks; returns the spec when it is sound."""

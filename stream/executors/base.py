@@ -9,7 +9,8 @@
     executor.nodes                        # {name: node instance} of this run
 
 An executor class is constructed as `Cls(spec, *, free_running=False, max_frames=None, fuse=())`
-(further keyword options are its own), runs a `stream.plan.GraphPlan` built from the spec, resolves
+(further keyword options are its own; `max_frames` is frames per stream, `--frames`: a source stops
+once each of its streams has that many, a frame of a stream that has them is not emitted), runs a `stream.plan.GraphPlan` built from the spec, resolves
 the frames' completion tickets (`stream.ticket`) as the runtime's contract says, and builds its
 report with `stream.executors.reporting`. Signals are not an executor's business: `run()` callers
 use `stream.stopping.StopOnSignals`, the one policy shared by `costream run` and `costream serve`.

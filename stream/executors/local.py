@@ -8,7 +8,7 @@ Lifecycle: `start()` plans the spec (`stream.plan.GraphPlan`: every rule checked
 chaining and pacing decided; nothing is set up when that fails), sets every node up in pipeline order
 (a failure tears down what was set up and raises `PipelineStartError`), wires the edges and starts
 the workers. Sources iterate `Source.frames()`, paced at `rate_hz` unless free-running; when they end
-(or `max_frames` is reached, or a stop is requested) they close their output edges, every downstream
+(or each of their streams has `max_frames` frames, or a stop is requested) they close their output edges, every downstream
 worker drains its queues and ends, and `wait()` tears the nodes down in pipeline order and returns
 the `RunReport`. A node that raises on a frame has the frame counted as failed, logged with
 node/stream/seq and its ticket resolved; under `on_error: stop` the run stops with a fatal error (the
@@ -245,8 +245,10 @@ class LocalExecutor:
             worker.copies = plan.consumer_devices(worker.name)
             if spec.role == "source":
                 length = getattr(worker.node, "length", None)
-                if plan.max_frames is not None:
-                    length = plan.max_frames if length is None else min(length, plan.max_frames)
+                streams = worker.stream_count = getattr(worker.node, "stream_count", None)
+                if plan.max_frames is not None and streams is not None:  # max_frames is per stream
+                    cap = plan.max_frames * streams
+                    length = cap if length is None else min(length, cap)
                 worker.length = length
                 period = node_plan.period_ns(worker.node.native_rate_hz if spec.rate_hz == "native" else None)
                 if period is None:
@@ -284,9 +286,16 @@ class LocalExecutor:
             runs.append(NodeRun(name=name, kind=w.spec.kind, role=w.spec.role, device=str(w.plan.device),
                                 metrics=w.metrics, edges=edges,
                                 join=w.joiner.counters.as_dict() if w.joiner is not None else None, length=w.length,
-                                counters=node_counters(name, w.node) if with_counters else None,
+                                counters=self._counters(w) if with_counters else None, streams=w.stream_count,
                                 queue_depth=w.inbox.depth if w.inbox is not None else 0, alive=w.alive))
         return runs
+
+    @staticmethod
+    def _counters(worker: Worker) -> dict[str, int] | None:
+        counters = node_counters(worker.name, worker.node)
+        if worker.past_limit:  # frames a source read after their stream reached --frames (not emitted)
+            counters = {**(counters or {}), "frames_past_limit": worker.past_limit}
+        return counters
 
     def _build_report(self) -> RunReport:
         limit_hit = self._flow is not None and self._flow.limit_hit

@@ -79,6 +79,10 @@ def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> PipelineSpec:
     """The spec to serve: the explicit router/reply nodes updated, or the pipeline wrapped."""
+    explicit = any(n.node_class is ZmqSource and n.params.socket == "router" for n in spec.nodes) or \
+        any(n.node_class is ZmqSink and n.params.mode == "reply" for n in spec.nodes)
+    if explicit:
+        spec = spec.with_default_policies()  # what each input's policy will be (`latest` behind the router)
     routers = [n for n in spec.nodes if n.node_class is ZmqSource and n.params.socket == "router"]
     replies = [n for n in spec.nodes if n.node_class is ZmqSink and n.params.mode == "reply"]
     if routers or replies:
