@@ -237,7 +237,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = pipeline.spec
     resolved = spec.with_default_policies()
     edges = sum(len(n.inputs) for n in spec.nodes)
-    print(f"{args.pipeline}: ok ({len(spec.nodes)} nodes, {edges} edges)")
+    print(f"{args.pipeline}: ok ({len(spec.nodes)} nodes, {edges} edges), executor {spec.executor}")
     for node, written in zip(resolved.nodes, spec.nodes):
         ins = ", ".join(f"{e.source}({e.policy.value}{'' if w.policy is not None else '*'},{e.queue_size})"
                         for e, w in zip(node.inputs, written.inputs))

@@ -20,10 +20,12 @@ data) and resolves the original ticket there.
 """
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
+
+log = logging.getLogger("costream.ticket")
 
 
 class Status(str, Enum):
@@ -36,9 +38,9 @@ class Status(str, Enum):
     CANCELLED = "cancelled"  # the issuer stopped waiting (a timeout, a shutdown)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a ticket was resolved: the status, the node where it happened and the frame it concerned."""
+class Outcome(NamedTuple):
+    """How a ticket was resolved: the status, the node where it happened and the frame it concerned
+    (a tuple: cheap to make on the request path, plain data to send between processes)."""
 
     status: Status
     node: str | None = None
@@ -51,7 +53,7 @@ class Ticket:
     """A frame's completion handle, resolved once; see the module docstring.
 
     `on_done(ticket, outcome)` runs in the thread that resolved the ticket, after the ticket is
-    marked done, and must not block. `tag` is the issuer's own data (e.g. which request this is).
+    marked done, and must not block (an exception it raises is logged, not passed on). `tag` is the issuer's own data (e.g. which request this is).
     Tickets of one issuer may share one `lock` (a lock per ticket costs an allocation per frame).
     """
 
@@ -79,7 +81,10 @@ class Ticket:
             if self._outcome is not None:
                 return False
             self._outcome = outcome
-        self._on_done(self, outcome)
+        try:
+            self._on_done(self, outcome)
+        except Exception:  # the issuer's bug must not take the resolving node (or the runtime) down
+            log.exception("the issuer of %r failed to take its outcome %s", self, outcome.status.value)
         return True
 
     # The runtime's and the sinks' vocabulary; each returns what `resolve` returns.

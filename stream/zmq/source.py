@@ -87,6 +87,7 @@ class ZmqSource(Source):
     def __init__(self, params: ZmqSourceParams | None = None) -> None:
         super().__init__(params)
         self._stop = threading.Event()
+        self._stop_now = threading.Event()  # stop without waiting for answers
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._count = counter_sink(self._lock, self.counters)
@@ -126,7 +127,10 @@ class ZmqSource(Source):
         log.info("%s: %s %s %s", self.name, p.socket, "bound to" if p.binds else "connected to", p.endpoint)
 
     def stop(self) -> None:
-        """Ask `frames()` to finish within one poll interval (thread-safe)."""
+        """Ask `frames()` to finish within one poll interval (thread-safe); a second call also ends the
+        wait for the answers of accepted requests (they are answered `shutting_down`)."""
+        if self._stop.is_set():
+            self._stop_now.set()
         self._stop.set()
 
     def teardown(self) -> None:
@@ -169,6 +173,7 @@ class ZmqSource(Source):
         latest = self.params.queue == "latest"
         timeout_s = self.params.reply_timeout_s
         pushed = requests.pushed if requests is not None else threading.Event()
+        open_requests = requests.open if requests is not None else {}  # read by this thread only
         if not latest:
             sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         if requests is not None:
@@ -178,8 +183,8 @@ class ZmqSource(Source):
                 if not latest and not pushed.is_set():
                     # Only the data socket to watch (nobody answers over inproc): a blocking receive bounded
                     # by RCVTIMEO, a few system calls less per request than polling.
-                    if requests is not None and len(requests):
-                        requests.expire(timeout_s)
+                    if open_requests:
+                        requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
                         parts = recv_parts(sock)
                     except zmq.Again:
@@ -195,8 +200,8 @@ class ZmqSource(Source):
                         data = True
                     else:
                         requests.forward()  # type: ignore[union-attr]
-                if requests is not None and len(requests):
-                    requests.expire(timeout_s)
+                if open_requests:
+                    requests.expire(timeout_s)  # type: ignore[union-attr]
                 if not data:
                     continue
                 if latest:
@@ -209,7 +214,7 @@ class ZmqSource(Source):
         finally:  # also when the executor closes the generator (max_frames reached, stop requested)
             if requests is not None:
                 if not sock.closed:
-                    requests.finish(self.params.shutdown_grace_s, _POLL_MS)
+                    requests.finish(self.params.shutdown_grace_s, _POLL_MS, self._stop_now)
                 requests.own(None)
 
     def _drain(self) -> list[Frame]:
