@@ -20,7 +20,7 @@ from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_coun
 from stream.executors import check_executor_name
 from stream.input_paths import missing_input_paths
 from stream.params import ParamsError, build_params
-from stream.registry import UnknownKindError, resolve
+from stream.registry import UnknownKindError, resolve, search_folders
 from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
     GraphIssue, GraphNode, drain_timeout_problem, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
@@ -30,7 +30,7 @@ from stream.spec import (
     DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
 )
 from stream.suggest import closest, suggest
-from stream.yaml_loader import LocatedDict, LocatedList
+from stream.yaml_loader import LocatedDict, LocatedList, type_label
 
 TOP_LEVEL_FIELDS = ("version", "name", "description", "executor", "options", "nodes")
 OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames", "drain_timeout_s", "max_failed_frames")
@@ -123,7 +123,7 @@ class PipelineChecker:
     def build(self, mapping: Any) -> PipelineSpec:
         if not isinstance(mapping, Mapping):
             self.error(f"a pipeline config must be a mapping with a 'nodes' section, got "
-                       f"{type(mapping).__name__}", mapping)
+                       f"{type_label(mapping)}", mapping)
             raise ConfigError(self.issues, self.file)
         self.check_keys(mapping, TOP_LEVEL_FIELDS, "top-level field", None)
         version = mapping.get("version", 1)
@@ -148,7 +148,7 @@ class PipelineChecker:
         if nodes is None:
             self.error("missing the 'nodes' section (a mapping of node name -> node)", mapping, None, None, "nodes")
         elif not isinstance(nodes, Mapping):
-            self.error(f"'nodes' must be a mapping of node name -> node, got {type(nodes).__name__}",
+            self.error(f"'nodes' must be a mapping of node name -> node, got {type_label(nodes)}",
                        mapping, "nodes", None, "nodes")
         elif not nodes:
             self.error("'nodes' is empty; a pipeline needs at least a source", mapping, "nodes", None, "nodes")
@@ -169,7 +169,7 @@ class PipelineChecker:
         if options is None:
             return False, 10
         if not isinstance(options, Mapping):
-            self.error(f"'options' must be a mapping, got {type(options).__name__}", parent, "options", None, "options")
+            self.error(f"'options' must be a mapping, got {type_label(options)}", parent, "options", None, "options")
             return False, 10
         self.check_keys(options, OPTION_FIELDS, "option", None, "options.")
         allow = options.get("allow_cpu_fallback", False)
@@ -226,7 +226,7 @@ class PipelineChecker:
             self.error(f"expected a string, got {kind!r}", raw, "kind", name, "kind")
         else:
             try:
-                cls = resolve(kind)
+                cls = resolve(kind, search_folders(self.file))
             except UnknownKindError as exc:
                 self.error(f"{exc}{_class_hint(kind)}", raw, "kind", name, "kind")
             except Exception as exc:  # the plugin module itself failed to import

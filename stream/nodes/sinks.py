@@ -28,14 +28,18 @@ class NullSink(Sink):
 
 @register("log")
 class LogSink(Sink):
-    """Logs stream, seq, a data summary and the latency so far of every `every`-th frame."""
+    """Logs stream, seq, a data summary and the latency so far of every `every`-th frame.
+
+    Its lines are shown whatever `--log-level` says (that level filters costream's own messages): the
+    sink's logger, `costream.sink.<node>`, is set to the sink's `level`, at which its lines are logged.
+    """
 
     consumes = ANY
 
     @dataclass(frozen=True)
     class Params:
-        every: int = 1
-        level: str = "INFO"
+        every: int = 1  # log every N-th frame
+        level: str = "INFO"  # the level its lines are logged at (shown whatever --log-level says)
 
         def __post_init__(self) -> None:
             if not isinstance(self.every, int) or self.every < 1:
@@ -48,6 +52,7 @@ class LogSink(Sink):
         self.count = 0
         self._level = getattr(logging, str(self.params.level).upper())
         self._log = logging.getLogger(f"costream.sink.{context.name}")
+        self._log.setLevel(self._level)  # a sink asked to log: not silenced by a stricter root level
 
     def process(self, frame: Frame) -> None:
         self.count += 1
