@@ -209,3 +209,16 @@ def test_frames_limit_stops_each_stream_of_a_source_that_cannot_be_told(tmp_path
     report = ex.run()
     assert np.array_equal(ex.nodes["out"].data, np.arange(7.0))
     assert report.nodes["src"].counters == {"frames_past_limit": 1}  # read to learn its stream, not emitted
+
+
+def test_serve_refuses_an_unwritable_report_path_before_it_binds(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    pipe = write(tmp_path, """\
+        nodes:
+          cam: {kind: synthetic, params: {count: 3}}
+          out: {kind: "null", inputs: [cam]}
+        """)
+    assert main(["serve", str(pipe), "--report", str(blocker / "r.json")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "--report" in err and "is a file, not a folder" in err and "serving pipeline" not in err
