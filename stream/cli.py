@@ -293,7 +293,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise UsageError(f"kind {args.kind!r} is unknown{suggest(args.kind, known)}")
         known = {args.kind: known[args.kind]}
     if args.json:
-        out = {name: {"role": cls.role, "class": f"{cls.__module__}:{cls.__qualname__}",
+        out = {name: {"role": cls.role, "class": f"{cls.__module__}:{cls.__qualname__}", **_ports_json(cls),
                       "params": [dataclasses.asdict(p) for p in describe_params(cls.Params)]}
                for name, cls in known.items()}
         print(json.dumps(out, indent=2, default=str))
@@ -302,6 +302,24 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print_kinds(known)
     return EXIT_OK
+
+
+def _ports_json(cls: type) -> dict[str, Any]:
+    """`consumes` / `produces` of a kind as `costream list --json` shows them (null: undeclared)."""
+    from stream.ports import SAME_AS_INPUT, as_ports
+
+    def ports(declared: Any) -> Any:
+        if declared is SAME_AS_INPUT:
+            return "same_as_input"
+        found = as_ports(declared)
+        return None if found is None else [{"type": p.type, "shape": p.shape} for p in found]
+
+    out: dict[str, Any] = {}
+    if cls.role != "source":
+        out["consumes"] = ports(getattr(cls, "consumes", None))
+    if cls.role != "sink":
+        out["produces"] = ports(getattr(cls, "produces", None))
+    return out
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -222,3 +222,18 @@ def test_serve_refuses_an_unwritable_report_path_before_it_binds(tmp_path, capsy
     assert main(["serve", str(pipe), "--report", str(blocker / "r.json")]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "--report" in err and "is a file, not a folder" in err and "serving pipeline" not in err
+
+
+def test_the_editor_schema_knows_the_new_options_and_the_queue_bound():
+    import jsonschema
+
+    from stream.schema import pipeline_schema
+
+    schema = pipeline_schema()
+    nodes = {"cam": {"kind": "synthetic"}, "out": {"kind": "null", "inputs": [{"from": "cam", "queue_size": 8}]}}
+    for options in ({"drain_timeout_s": 1.5, "max_failed_frames": "2%"}, {"drain_timeout_s": None, "max_failed_frames": 3}):
+        jsonschema.validate({"options": options, "nodes": nodes}, schema)
+    big = {"cam": nodes["cam"], "out": {"kind": "null", "inputs": [{"from": "cam", "queue_size": 10**9}]}}
+    for bad in ({"options": {"max_failed_frames": 0.5}, "nodes": nodes}, {"nodes": big}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
