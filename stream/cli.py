@@ -1,8 +1,12 @@
 """The `costream` command: run, validate, graph, bench, list, schema and serve pipelines.
 
-Exit codes: 0 ok; 1 the pipeline failed (a node with `on_error: stop` raised, or a setup error);
-2 config or usage error (printed without a traceback); 128+N when stopped by signal N (130 for
-Ctrl-C, 143 for SIGTERM) after draining and writing the report.
+Exit codes, the same for run, bench and serve (`stream.outcome`; docs/yaml-reference.md):
+0 ok; 1 frames failed beyond `options.max_failed_frames` (default 0), a node failed outside a frame,
+a node with `on_error: stop` raised, or a node's setup failed; 2 config or usage error (printed
+without a traceback; nothing ran); 3 the run finished but its report could not be written where
+asked (it was written to the temporary directory instead, and the message says where); 128+N when
+stopped by signal N (130 for Ctrl-C, 143 for SIGTERM) after draining and writing the report;
+141 when stdout was closed early (`costream list --json | head`).
 """
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+from stream.outcome import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE, verdict
+
+EXIT_CONFIG = EXIT_USAGE
 log = logging.getLogger("costream")
 
 
@@ -45,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a pipeline until its sources end or Ctrl-C")
     _add_pipeline_args(p)
-    p.add_argument("--frames", type=int, default=None, help="stop each source after N frames")
+    p.add_argument("--frames", type=int, default=None,
+                   help="N frames per stream, as the sources' own `frames` count them: synthetic sources make N, "
+                   "others stop each stream after N")
     p.add_argument("--report", type=Path, default=None, help="write the JSON run report here (also on Ctrl-C)")
     p.add_argument("--free-running", action="store_true", help="ignore rate_hz pacing (benchmark mode)")
     p.add_argument("--dashboard", action="store_true", help="live per-node table in the terminal")
@@ -59,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("graph", help="draw a pipeline (DOT, SVG, PNG)")
     _add_pipeline_args(p)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output file: .dot/.gv, .svg, .png or .pdf")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output file: .dot/.gv, .svg, .png or .pdf (missing folders are created, and it says so)")
 
     p = sub.add_parser("bench", help="run free-running and report per-frame latency")
     _add_pipeline_args(p)
-    p.add_argument("--frames", type=int, default=300, help="measured frames per source (default 300)")
+    p.add_argument("--frames", type=int, default=300,
+                   help="measured frames per stream (default 300), after the warm-up frames")
     p.add_argument("--warmup", type=int, default=None,
                    help="frames skipped in the percentiles (default: options.warmup_frames)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for report.json and latency.png")
@@ -93,37 +104,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     from stream.config import ConfigError
+    from stream.outputs import OutputPathError
 
     handler = COMMANDS[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:  # `costream list --json | head`: the reader has gone; stop quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:  # a Ctrl-C outside the pipeline's own handling (start-up, or after the drain)
         print(f"costream {args.command}: interrupted", file=sys.stderr)
         return 128 + signal.SIGINT
-    except ConfigError as exc:
+    except (ConfigError, UsageError, OutputPathError) as exc:
         print(f"costream {args.command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except UsageError as exc:
-        print(f"costream {args.command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except ValueError as exc:
         from stream.executors import UnknownExecutorError
 
         if not isinstance(exc, UnknownExecutorError):
             raise
         print(f"costream {args.command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return EXIT_USAGE
     except RuntimeError as exc:
         from stream.devices import DeviceUnavailableError
-        from stream.executors import ExecutorUnavailableError, PipelineStartError
+        from stream.executors import ExecutorUnavailableError, PipelineStartError, PlanError
 
-        if isinstance(exc, ExecutorUnavailableError):
+        if isinstance(exc, (ExecutorUnavailableError, PlanError)):  # nothing was set up
             print(f"costream {args.command}: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return EXIT_USAGE
         if not isinstance(exc, (PipelineStartError, DeviceUnavailableError)):
             raise
         print(f"costream {args.command}: the pipeline could not start: {exc}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _load(args: argparse.Namespace):
@@ -139,44 +161,100 @@ def _positive(value: int | None, flag: str) -> None:
         raise UsageError(f"{flag} must be >= 1, got {value}")
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from stream.outputs import check_output_file
+
     _positive(args.frames, "--frames")
     pipeline = _load(args)
+    if args.report is not None:
+        check_output_file(args.report, "--report", say=_say)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
-                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor)
+                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor,
+                          on_start=_announcer("run", args.frames))
     if not args.quiet:
         print(report.format_table())
-    if args.report is not None:
-        print(f"report written to {args.report}", file=sys.stderr)
-    return _exit_code(pipeline, report)
+    saved = [("report", args.report, pipeline.report_saved)] if args.report is not None else []
+    return _finish("run", pipeline, report, saved)
 
 
-def _exit_code(pipeline: Any, report: Any) -> int:
-    if not report.ok:
-        return EXIT_FAILED
-    if pipeline.stopped_by_signal is not None:
-        return 128 + pipeline.stopped_by_signal
-    return EXIT_OK
+def _announcer(command: str, frames: int | None, warmup: int = 0) -> Callable[[Any], None]:
+    """What will run, said once every node is set up: each source's frames, and what `--frames` means."""
+
+    def announce(executor: Any) -> None:
+        snap = executor.snapshot()
+        parts = []
+        for name, source in snap.get("sources", {}).items():
+            kind, length, streams = source.get("kind", "?"), source.get("length"), source.get("streams")
+            if length is not None:
+                per = f", {streams} streams" if streams and streams > 1 else ""
+                parts.append(f"{name} ({kind}): {length} frames{per}")
+            elif frames is not None:
+                parts.append(f"{name} ({kind}): up to {frames} frames per stream")
+            else:
+                parts.append(f"{name} ({kind}): until it ends or Ctrl-C")
+        limit = ""
+        if frames is not None:
+            measured = f"{frames - warmup} measured + {warmup} warm-up" if warmup else str(frames)
+            limit = f" (--frames: {measured} frames per stream)"
+        print(f"costream {command}: pipeline {snap.get('pipeline')!r}{limit}: " + "; ".join(parts) + "",
+              file=sys.stderr)
+
+    return announce
+
+
+def _finish(command: str, pipeline: Any, report: Any, saved: list[tuple[str, Any, Any]]) -> int:
+    """Say where the outputs went and return the run's exit code (`stream.outcome.verdict`)."""
+    fell_back = False
+    for what, asked, result in saved:
+        if result is None:
+            continue
+        if result.path is None:  # neither the asked path nor the temporary directory: print it
+            fell_back = True
+            print(f"costream {command}: the {what} could not be written to {asked} ({result.error}) nor to the "
+                  "temporary directory; here it is:", file=sys.stderr)
+            if what == "report":
+                print(json.dumps(report.to_dict(), indent=2))
+        elif result.fallback:
+            fell_back = True
+            print(f"costream {command}: could not write the {what} to {asked} ({result.error}); it was written to "
+                  f"{result.path} instead", file=sys.stderr)
+        else:
+            print(f"{what} written to {result.path}", file=sys.stderr)
+    code, why = verdict(report, pipeline.spec.max_failed_frames, pipeline.stopped_by_signal)
+    if why is not None:
+        print(f"costream {command}: exit {code}: {why}", file=sys.stderr)
+        return code
+    return EXIT_OUTPUT if fell_back else code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     spec = pipeline.spec
+    resolved = spec.with_default_policies()
     edges = sum(len(n.inputs) for n in spec.nodes)
     print(f"{args.pipeline}: ok ({len(spec.nodes)} nodes, {edges} edges), executor {spec.executor}")
-    for node in spec.nodes:
-        ins = ", ".join(f"{e.source}({e.policy.value},{e.queue_size})" for e in node.inputs)
+    for node, written in zip(resolved.nodes, spec.nodes):
+        ins = ", ".join(f"{e.source}({e.policy.value}{'' if w.policy is not None else '*'},{e.queue_size})"
+                        for e, w in zip(node.inputs, written.inputs))
         print(f"  {node.name:<20} {node.role:<8} {node.kind:<24} {node.device:<8} {('<- ' + ins) if ins else ''}")
+    if any(i.policy is None for n in spec.nodes for i in n.inputs):
+        print("  (* the default policy by source: latest behind a live source, block behind files and synthetic ones)")
     return EXIT_OK
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
     from stream.graph_draw import write_graph
+    from stream.outputs import check_output_file
 
     pipeline = _load(args)
+    check_output_file(args.output, "-o", say=_say)
     try:
-        path = write_graph(pipeline.spec, args.output)
+        path = write_graph(pipeline.spec.with_default_policies(), args.output)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(f"wrote {path}")
@@ -184,18 +262,23 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from stream.outputs import check_output_dir, fallback_path, save
+
     _positive(args.frames, "--frames")
     if args.warmup is not None and args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     pipeline = _load(args)
+    check_output_dir(args.out, "--out", say=_say)
     warmup = pipeline.spec.warmup_frames if args.warmup is None else args.warmup
     pipeline.spec = dataclasses.replace(pipeline.spec, warmup_frames=warmup)
     report = pipeline.run(frames=args.frames + warmup, free_running=True, report=args.out / "report.json",
-                          progress=sys.stderr.isatty(), executor=args.executor)
+                          progress=sys.stderr.isatty(), executor=args.executor,
+                          on_start=_announcer("bench", args.frames + warmup, warmup))
     print(report.format_table())
-    plot = report.write_plot(args.out / "latency.png")
-    print(f"wrote {args.out / 'report.json'} and {plot}", file=sys.stderr)
-    return _exit_code(pipeline, report)
+    plot = save(args.out / "latency.png", report.write_plot,
+                lambda: fallback_path(f"{report.pipeline}-latency", ".png"), "latency plot")
+    return _finish("bench", pipeline, report, [("report", args.out / "report.json", pipeline.report_saved),
+                                               ("latency plot", args.out / "latency.png", plot)])
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -210,7 +293,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             raise UsageError(f"kind {args.kind!r} is unknown{suggest(args.kind, known)}")
         known = {args.kind: known[args.kind]}
     if args.json:
-        out = {name: {"role": cls.role, "class": f"{cls.__module__}:{cls.__qualname__}",
+        out = {name: {"role": cls.role, "class": f"{cls.__module__}:{cls.__qualname__}", **_ports_json(cls),
                       "params": [dataclasses.asdict(p) for p in describe_params(cls.Params)]}
                for name, cls in known.items()}
         print(json.dumps(out, indent=2, default=str))
@@ -221,12 +304,33 @@ def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _ports_json(cls: type) -> dict[str, Any]:
+    """`consumes` / `produces` of a kind as `costream list --json` shows them (null: undeclared)."""
+    from stream.ports import SAME_AS_INPUT, as_ports
+
+    def ports(declared: Any) -> Any:
+        if declared is SAME_AS_INPUT:
+            return "same_as_input"
+        found = as_ports(declared)
+        return None if found is None else [{"type": p.type, "shape": p.shape} for p in found]
+
+    out: dict[str, Any] = {}
+    if cls.role != "source":
+        out["consumes"] = ports(getattr(cls, "consumes", None))
+    if cls.role != "sink":
+        out["produces"] = ports(getattr(cls, "produces", None))
+    return out
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from stream.schema import pipeline_schema, write_schema
 
     if args.output is None:
         print(json.dumps(pipeline_schema(), indent=2))
     else:
+        from stream.outputs import check_output_file
+
+        check_output_file(args.output, "-o", say=_say)
         print(f"wrote {write_schema(args.output)}", file=sys.stderr)
     return EXIT_OK
 

@@ -18,19 +18,22 @@ from typing import Any, Callable
 
 from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_count, resolve_device
 from stream.executors import check_executor_name
+from stream.input_paths import missing_input_paths
 from stream.params import ParamsError, build_params
-from stream.registry import UnknownKindError, resolve
+from stream.registry import UnknownKindError, resolve, search_folders
+from stream.ports import PortNode, declared_ports, kinds_consuming, kinds_producing, port_issues
 from stream.rules import (
-    GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+    GraphIssue, GraphNode, drain_timeout_problem, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
 )
+from stream.outcome import FailureAllowance
 from stream.spec import (
-    DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
+    DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
 )
 from stream.suggest import closest, suggest
-from stream.yaml_loader import LocatedDict, LocatedList
+from stream.yaml_loader import LocatedDict, LocatedList, type_label
 
 TOP_LEVEL_FIELDS = ("version", "name", "description", "executor", "options", "nodes")
-OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames")
+OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames", "drain_timeout_s", "max_failed_frames")
 NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
 INPUT_FIELDS = ("from", "queue_size", "policy")
 JOIN_FIELDS = ("timeout_s", "max_pending")
@@ -75,6 +78,8 @@ class _Partial:
     inputs: list[InputSpec]
     join: bool
     raw: Mapping[str, Any]
+    consumes: Any = None  # declared ports (stream.ports), None when undeclared or unknown
+    produces: Any = None
 
 
 class PipelineChecker:
@@ -118,7 +123,7 @@ class PipelineChecker:
     def build(self, mapping: Any) -> PipelineSpec:
         if not isinstance(mapping, Mapping):
             self.error(f"a pipeline config must be a mapping with a 'nodes' section, got "
-                       f"{type(mapping).__name__}", mapping)
+                       f"{type_label(mapping)}", mapping)
             raise ConfigError(self.issues, self.file)
         self.check_keys(mapping, TOP_LEVEL_FIELDS, "top-level field", None)
         version = mapping.get("version", 1)
@@ -137,12 +142,13 @@ class PipelineChecker:
             self.error(problem, mapping, "executor", None, "executor")
             executor = DEFAULT_EXECUTOR
         allow_fallback, warmup = self.options(mapping.get("options"), mapping)
+        drain_timeout_s, max_failed = self.stop_options(mapping.get("options"))
         nodes = mapping.get("nodes")
         specs: list[NodeSpec] = []
         if nodes is None:
             self.error("missing the 'nodes' section (a mapping of node name -> node)", mapping, None, None, "nodes")
         elif not isinstance(nodes, Mapping):
-            self.error(f"'nodes' must be a mapping of node name -> node, got {type(nodes).__name__}",
+            self.error(f"'nodes' must be a mapping of node name -> node, got {type_label(nodes)}",
                        mapping, "nodes", None, "nodes")
         elif not nodes:
             self.error("'nodes' is empty; a pipeline needs at least a source", mapping, "nodes", None, "nodes")
@@ -157,13 +163,13 @@ class PipelineChecker:
             raise ConfigError(self.issues, self.file)
         return PipelineSpec(name=name, nodes=tuple(specs), allow_cpu_fallback=allow_fallback,
                             warmup_frames=warmup, source=SourceLocation(self.file) if self.file else SourceLocation(),
-                            executor=executor)
+                            executor=executor, drain_timeout_s=drain_timeout_s, max_failed_frames=max_failed)
 
     def options(self, options: Any, parent: Mapping[str, Any]) -> tuple[bool, int]:
         if options is None:
             return False, 10
         if not isinstance(options, Mapping):
-            self.error(f"'options' must be a mapping, got {type(options).__name__}", parent, "options", None, "options")
+            self.error(f"'options' must be a mapping, got {type_label(options)}", parent, "options", None, "options")
             return False, 10
         self.check_keys(options, OPTION_FIELDS, "option", None, "options.")
         allow = options.get("allow_cpu_fallback", False)
@@ -177,6 +183,22 @@ class PipelineChecker:
                        "options.warmup_frames")
             warmup = 10
         return allow, warmup
+
+    def stop_options(self, options: Any) -> tuple[float | None, FailureAllowance]:
+        """`options.drain_timeout_s` and `options.max_failed_frames` (defaults when absent or invalid)."""
+        if not isinstance(options, Mapping):
+            return DEFAULT_DRAIN_TIMEOUT_S, FailureAllowance()
+        drain = options.get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)
+        problem = drain_timeout_problem(drain)
+        if problem is not None:
+            self.error(problem, options, "drain_timeout_s", None, "options.drain_timeout_s")
+            drain = DEFAULT_DRAIN_TIMEOUT_S
+        try:
+            allowance = FailureAllowance.parse(options.get("max_failed_frames", 0))
+        except ValueError as exc:
+            self.error(f"max_failed_frames: {exc}", options, "max_failed_frames", None, "options.max_failed_frames")
+            allowance = FailureAllowance()
+        return None if drain is None else float(drain), allowance
 
     # -- one node --------------------------------------------------------------------------------
 
@@ -204,7 +226,7 @@ class PipelineChecker:
             self.error(f"expected a string, got {kind!r}", raw, "kind", name, "kind")
         else:
             try:
-                cls = resolve(kind)
+                cls = resolve(kind, search_folders(self.file))
             except UnknownKindError as exc:
                 self.error(f"{exc}{_class_hint(kind)}", raw, "kind", name, "kind")
             except Exception as exc:  # the plugin module itself failed to import
@@ -223,6 +245,9 @@ class PipelineChecker:
         elif cls is not None:
             try:
                 params = build_params(cls.Params, raw_params or {})
+                for field, message in missing_input_paths(params):
+                    where = raw_params if isinstance(raw_params, LocatedDict) and field in raw_params else raw
+                    self.error(message, where, field if where is raw_params else "params", name, f"params.{field}")
             except ParamsError as exc:
                 ok = False
                 for issue in exc.issues:
@@ -239,7 +264,12 @@ class PipelineChecker:
         rate_hz = self.rate(name, raw, role)
         max_batch = self.max_batch(name, raw, role)
         fuse = self.fuse(name, raw, role)
-        self.partial[name] = _Partial(name, str(kind), role, inputs, join is not None, raw)
+        consumes = produces = None
+        if cls is not None and params is not None:
+            consumes, produces, problem = declared_ports(cls, params)
+            if problem is not None:
+                self.error(problem, raw, "kind", name, "kind")
+        self.partial[name] = _Partial(name, str(kind), role, inputs, join is not None, raw, consumes, produces)
         if not ok or device is None or not inputs_ok or on_error is None:
             return None
         return NodeSpec(name=name, kind=kind, node_class=cls, params=params, inputs=tuple(inputs), device=device,
@@ -305,11 +335,11 @@ class PipelineChecker:
             if problem is not None:
                 self.error(problem, item, "queue_size", name, f"{field}.queue_size")
                 ok, size = False, 4
-            policy = self.enum(name, item, "policy", QueuePolicy, QueuePolicy.LATEST)
-            if policy is None:
+            policy = self.enum(name, item, "policy", QueuePolicy, None)  # None: the default by source
+            if policy is None and item.get("policy") is not None:
                 self.issues[-1] = ConfigIssue(self.issues[-1].location, self.issues[-1].message, name,
                                               f"{field}.policy")
-                ok, policy = False, QueuePolicy.LATEST
+                ok = False
             out.append(InputSpec(source=source, queue_size=size, policy=policy))
         self.input_lines[name] = value
         return out, ok
@@ -362,7 +392,13 @@ class PipelineChecker:
         placed at the line of the input, `inputs`, `join` or node it concerns."""
         parts = self.partial
         views = [GraphNode(p.name, p.kind, p.role, tuple(i.source for i in p.inputs), p.join) for p in parts.values()]
-        for issue in graph_issues(views):
+        issues = graph_issues(views)
+        if not issues:  # port types are compared along edges that exist
+            ports = [PortNode(p.name, p.kind, tuple(i.source for i in p.inputs), p.consumes, p.produces, p.join)
+                     for p in parts.values()]
+            issues = [GraphIssue(i.node, f"inputs[{i.index}]", i.message, i.index)
+                      for i in port_issues(ports, kinds_producing, kinds_consuming)]
+        for issue in issues:
             raw = parts[issue.node].raw
             lines = self.input_lines.get(issue.node)
             if issue.index is not None and isinstance(lines, LocatedList):

@@ -90,17 +90,38 @@ class LiveView:
 
 
 def print_kinds(known: Mapping[str, type], console: Console | None = None) -> None:
-    """`costream list`: each kind with its role, class, and parameters (type, default, doc)."""
+    """`costream list`: each kind with its role, class, ports and parameters (type, default, doc).
+
+    Names, types and headers never wrap (only the doc column does), and output that is not a terminal
+    (a file, a pipe) is laid out 120 columns wide instead of 80."""
+    from rich.text import Text
+
     from stream.params import describe_params
+    from stream.ports import SAME_AS_INPUT, as_ports, describe
 
     console = console or Console()
+    if not console.is_terminal and console.width < 120:
+        console.width = 120
     for name, cls in known.items():
         params = describe_params(cls.Params)
-        doc = (cls.__doc__ or "").strip().splitlines()
-        table = Table(title=f"{name}  ({cls.role}, {cls.__module__}:{cls.__qualname__})", title_justify="left",
-                      caption=doc[0] if doc else None, caption_justify="left", show_edge=False)
-        for column in ("param", "type", "default", "doc"):
-            table.add_column(column)
+        console.print(Text.assemble((name, "bold"), f"  ({cls.role}, {cls.__module__}:{cls.__qualname__})"),
+                      soft_wrap=True)
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        if doc:
+            console.print(f"  {doc}", highlight=False)
+        ports = []
+        if cls.role != "source":
+            ports.append(f"consumes {describe(as_ports(getattr(cls, 'consumes', None)))}")
+        if cls.role != "sink":
+            produced = getattr(cls, "produces", None)
+            ports.append("produces " + ("what it consumes" if produced is SAME_AS_INPUT else describe(as_ports(produced))))
+        console.print("  " + "; ".join(ports), highlight=False, soft_wrap=True)
+        table = Table(show_edge=False, pad_edge=True)
+        longest = max((len(p.name) for p in params), default=5)
+        table.add_column("param", no_wrap=True, min_width=max(5, longest))
+        table.add_column("type", min_width=4, max_width=32, overflow="fold")
+        table.add_column("default", min_width=7, max_width=24, overflow="fold")
+        table.add_column("doc", min_width=20, ratio=1)
         for p in params:
             table.add_row(p.name, p.type, "(required)" if p.required else repr(p.default), p.doc)
         if not params:

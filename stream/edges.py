@@ -27,6 +27,7 @@ from collections import deque
 from typing import Any, Iterable
 
 from stream.frame import Frame
+from stream.rules import queue_size_problem
 from stream.spec import QueuePolicy
 
 # What a queue holds: (frame, enqueue time in monotonic ns, CUDA event or None).
@@ -56,10 +57,9 @@ class Edge:
                  "_inbox", "_latest")
 
     def __init__(self, inbox: "Inbox", source: str, capacity: int, policy: QueuePolicy) -> None:
-        if not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(
-                f"queue_size of edge {source!r} -> {inbox.name!r} must be an integer >= 1, got {capacity!r}"
-            )
+        problem = queue_size_problem(capacity, source, inbox.name)
+        if problem is not None:
+            raise ValueError(problem)
         self.source = source
         self.target = inbox.name
         self.index = len(inbox.edges)

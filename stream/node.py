@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 from stream.frame import Frame, now_ns
+from stream.ports import SAME_AS_INPUT, Port, as_ports
 from stream.ticket import Ticket
 
 _NO_META: MappingProxyType = MappingProxyType({})
@@ -49,6 +50,11 @@ class Node:
     role: ClassVar[str] = "node"
     Params: ClassVar[type] = NoParams
     kind: ClassVar[str | None] = None  # set by `register`
+    # What the node's input and output ports carry (`stream.ports`: a Port or a tuple of alternatives;
+    # `produces = SAME_AS_INPUT` for a node that emits what it receives). None: undeclared, anything
+    # goes. `validate` rejects an edge whose producer's type or shape the consumer does not accept.
+    consumes: ClassVar[Any] = None
+    produces: ClassVar[Any] = None
 
     def __init__(self, params: Any = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -70,15 +76,48 @@ class Node:
     def name(self) -> str:
         return self.context.name
 
+    @classmethod
+    def input_ports(cls, params: Any) -> tuple[Port, ...] | None:
+        """What this node's inputs accept with these params (default: `consumes`); override to refine
+        a shape from the params (a model's input size)."""
+        return as_ports(cls.consumes)
+
+    @classmethod
+    def output_ports(cls, params: Any) -> Any:
+        """What this node emits with these params (default: `produces`)."""
+        return cls.produces if cls.produces is SAME_AS_INPUT else as_ports(cls.produces)
+
 
 class Source(Node):
     """Produces frames. Implement `frames()`; build each frame with `make_frame` so it is stamped."""
 
     role = "source"
+    # A live source (a camera, a socket, a network interface) produces at the world's pace and cannot be
+    # paused: edges downstream of it default to `latest`. Files and synthetic sources are not live:
+    # their edges default to lossless `block`. `is_live(params)` decides per configuration.
+    live: ClassVar[bool] = False
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
         self._next_seq: dict[str, int] = {}
+
+    @classmethod
+    def is_live(cls, params: Any) -> bool:
+        """Whether this configuration reads a live sensor (default: the class's `live`); e.g. a video
+        source is live for a camera index or a network URL and not for a file."""
+        return cls.live
+
+    @classmethod
+    def with_frames(cls, params: Any, frames: int) -> Any | None:
+        """These params changed to produce `frames` frames per stream (`--frames N`), or None when the
+        count is the input's own (a file, a camera): the runtime then stops each stream after N."""
+        return None
+
+    @property
+    def stream_count(self) -> int | None:
+        """How many streams this source produces, once set up, when known (it lets `--frames N` stop the
+        source as soon as every stream has N frames); None when it is not known in advance."""
+        return None
 
     def frames(self) -> Iterator[Frame]:
         raise NotImplementedError(f"{type(self).__name__} must implement frames()")

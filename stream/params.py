@@ -22,6 +22,8 @@ from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from stream.yaml_loader import type_label
+
 from stream.suggest import suggest
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
@@ -216,7 +218,7 @@ def _show(value: Any) -> str:
     text = repr(value)
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    return f"{text} ({type_label(value)})"
 
 
 def _convert(value: Any, tp: Any, path: str, issues: list[ParamIssue]) -> Any:

@@ -9,13 +9,15 @@ handlers.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from stream.config import build_pipeline, load_pipeline
+from stream.outputs import Saved, fallback_path, save
 from stream.spec import PipelineSpec
 
 log = logging.getLogger("costream.pipeline")
@@ -30,6 +32,7 @@ class Pipeline:
         self.spec = spec
         self.executor: Any = None  # the executor of the current/last run
         self.stopped_by_signal: int | None = None  # signal number that stopped the last run, if any
+        self.report_saved: Saved | None = None  # where the last run's report went (`run(report=...)`)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: Iterable[str] = (),
@@ -41,23 +44,32 @@ class Pipeline:
         return cls(build_pipeline(mapping, source_name=source_name))
 
     def run(self, frames: int | None = None, free_running: bool = False, report: str | Path | None = None,
-            dashboard: bool = False, progress: bool = False, executor: str | None = None) -> Any:
-        """Run until the sources end (or `frames` per source, or a signal); returns the RunReport.
+            dashboard: bool = False, progress: bool = False, executor: str | None = None,
+            on_start: Callable[[Any], None] | None = None) -> Any:
+        """Run until the sources end (or `frames` per stream, or a signal); returns the RunReport.
 
-        `executor` overrides the spec's (`local`, `ray`). The report is written to `report` (JSON)
-        whenever a report exists, also after Ctrl-C.
+        `frames` is frames per stream, as the sources' own `frames` params count: a source that makes
+        its frames (`synthetic_video`, `synthetic_skeleton`, `synthetic`) is set to make that many
+        (`Source.with_frames`), any other stops each stream after that many. `executor` overrides the
+        spec's (`local`, `ray`). `on_start(executor)` is called once every node is set up. The report is
+        written to `report` (JSON) whenever a report exists, also after Ctrl-C; if that path cannot be
+        written it goes to a file in the temporary directory instead (`report_saved` says where).
         """
         from stream.executors import create_executor
         from stream.stopping import StopOnSignals
 
-        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames)
+        spec = self.spec if frames is None else frames_per_stream(self.spec, frames)
+        runner = create_executor(spec, executor, free_running=free_running, max_frames=frames)
         self.executor = runner
+        self.report_saved = None
         with StopOnSignals(runner) as signals:
             runner.start()
+            if on_start is not None:
+                on_start(runner)
             result = self._wait(runner, dashboard, progress, frames)
         self.stopped_by_signal = signals.first
         if report is not None:
-            result.write_json(report)
+            self.report_saved = save_report(result, report)
         return result
 
     @staticmethod
@@ -72,3 +84,19 @@ class Pipeline:
                     return executor.wait(timeout=_POLL_S)
                 except TimeoutError:
                     view.update()
+
+
+def frames_per_stream(spec: PipelineSpec, frames: int) -> PipelineSpec:
+    """`spec` with every source that makes its own frames set to make `frames` per stream
+    (`Source.with_frames`); the others are stopped by the executor's per-stream limit."""
+    nodes = []
+    for node in spec.nodes:
+        with_frames = getattr(node.node_class, "with_frames", None) if node.role == "source" else None
+        params = with_frames(node.params, frames) if with_frames is not None else None
+        nodes.append(node if params is None else dataclasses.replace(node, params=params))
+    return dataclasses.replace(spec, nodes=tuple(nodes))
+
+
+def save_report(report: Any, path: str | Path) -> Saved:
+    """Write the report's JSON to `path`, or, if that fails, to a file in the temporary directory."""
+    return save(path, report.write_json, lambda: fallback_path(f"{report.pipeline}-report", ".json"), "run report")

@@ -3,9 +3,11 @@
     plan = GraphPlan.build(spec, fuse={"out"}, free_running=False, max_frames=None)
 
 `build` validates the spec (`PipelineSpec.validate`: names, inputs, roles, joins, cycles, field
-values), resolves every node's device (`stream.devices`: one error text, one fallback warning),
+values, port types), gives every input without a policy the default by source
+(`PipelineSpec.with_default_policies`: `latest` behind live sources, else `block`; the plan's spec
+has every policy set), resolves every node's device (`stream.devices`: one error text, one fallback warning),
 decides operator chaining (which nodes run in their producer's thread) and the sources' pacing, and
-raises `PipelineStartError` with every problem before anything is set up. Executors run a plan; they
+raises `PlanError` (a `PipelineStartError`) with every problem before anything is set up. Executors run a plan; they
 differ only in where nodes run and how frames travel.
 
 Operator chaining (`fuse: true`, or `fuse=` names): the node runs in its producer's thread, called
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Collection
 
 from stream.devices import Device, DeviceError, DeviceUnavailableError, resolve_device
-from stream.executors.base import PipelineStartError
+from stream.executors.base import PlanError
 from stream.rules import topological_order
 from stream.spec import NodeSpec, PipelineSpec, QueuePolicy, SpecError
 
@@ -86,14 +88,14 @@ class GraphPlan:
     @classmethod
     def build(cls, spec: PipelineSpec, *, fuse: Collection[str] = (), free_running: bool = False,
               max_frames: int | None = None, devices: DeviceResolver = local_devices) -> "GraphPlan":
-        """Validate `spec` and plan it; raises PipelineStartError listing every problem."""
+        """Validate `spec` and plan it; raises PlanError listing every problem."""
         if isinstance(fuse, str):
             raise TypeError(f"fuse must be a collection of node names, got the string {fuse!r}; write [{fuse!r}]")
         where = f"pipeline {spec.name!r} cannot start"
         try:
-            spec.validate()
+            spec = spec.validate().with_default_policies()
         except SpecError as exc:
-            raise PipelineStartError(f"{where}: " + "; ".join(exc.problems)) from None
+            raise PlanError(f"{where}: " + "; ".join(exc.problems)) from None
         resolved: dict[str, Device] = {}
         problems: list[str] = []
         for node in spec.nodes:
@@ -106,7 +108,7 @@ class GraphPlan:
         if unknown:
             problems.append(f"fuse names {unknown}, which are not nodes of the pipeline (nodes: {names})")
         if problems:
-            raise PipelineStartError(f"{where}: " + "; ".join(problems))
+            raise PlanError(f"{where}: " + "; ".join(problems))
         consumers = {name: tuple(c.name for c in spec.consumers(name)) for name in names}
         order = tuple(topological_order({n.name: [i.source for i in n.inputs] for n in spec.nodes}))
         fused_names = frozenset(fuse) | {n.name for n in spec.nodes if n.fuse}
@@ -126,7 +128,7 @@ class GraphPlan:
 
 def _fusion(spec: PipelineSpec, consumers: dict[str, tuple[str, ...]], devices: dict[str, Device],
             fused: frozenset[str], order: tuple[str, ...]) -> dict[str, str]:
-    """{producer: the consumer it calls directly}; PipelineStartError when a node cannot be fused."""
+    """{producer: the consumer it calls directly}; PlanError when a node cannot be fused."""
     links: dict[str, str] = {}
     for name in order:
         if name not in fused:
@@ -153,7 +155,7 @@ def _fusion(spec: PipelineSpec, consumers: dict[str, tuple[str, ...]], devices: 
             else:
                 links[producer] = name
         if why is not None:
-            raise PipelineStartError(f"pipeline {spec.name!r} cannot start: node {name!r} cannot be fused into its "
+            raise PlanError(f"pipeline {spec.name!r} cannot start: node {name!r} cannot be fused into its "
                                      f"producer: {why}. Remove `fuse: true` from it to run it in its own thread")
     return links
 

@@ -11,10 +11,13 @@ without registering anything.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Callable, TypeVar
+from types import ModuleType
+from typing import Callable, Sequence, TypeVar
 
 from stream.node import Node
 from stream.suggest import suggest
@@ -115,12 +118,45 @@ def kinds() -> dict[str, type[Node]]:
     return dict(sorted(_KINDS.items()))
 
 
-def resolve(kind: str) -> type[Node]:
-    """Find the node class for a registered name or a `package.module:Class` reference."""
+def import_kind_module(module_name: str, search: Sequence[str | Path] = ()) -> ModuleType:
+    """Import the module of a `module:Class` kind. When its top-level package is not importable, the
+    folders in `search` (the working directory, the pipeline file's folder) are looked in: a folder
+    holding that package (`mypackage/` or `mypackage.py`) is added to the end of `sys.path`, so a
+    pipeline finds the code written beside it, as `python -m` would from that folder."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        top = module_name.split(".", 1)[0]
+        if exc.name != top:
+            raise  # the package was found; something it imports is missing
+        for folder in search:
+            folder = Path(folder).resolve()
+            if (folder / top).is_dir() or (folder / f"{top}.py").is_file():
+                if str(folder) not in sys.path:
+                    sys.path.append(str(folder))
+                importlib.invalidate_caches()
+                return importlib.import_module(module_name)
+        where = ", ".join(str(Path(f).resolve()) for f in dict.fromkeys(search))
+        raise ModuleNotFoundError(f"{exc}; looked in the installed packages" + (f" and in {where}" if where else "")
+                                  + f": put the folder holding {top!r} there, or install it", name=exc.name) from None
+
+
+def search_folders(pipeline_file: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Where `module:Class` kinds are looked for besides the installed packages: the working directory
+    and the pipeline file's folder."""
+    folders = [Path.cwd()]
+    if pipeline_file is not None:
+        folders.append(Path(pipeline_file).resolve().parent)
+    return folders
+
+
+def resolve(kind: str, search: Sequence[str | Path] | None = None) -> type[Node]:
+    """Find the node class for a registered name or a `package.module:Class` reference (its module is
+    also looked for in `search`, default: the working directory; see `import_kind_module`)."""
     if ":" in kind:
         module_name, _, attr = kind.partition(":")
         try:
-            module = importlib.import_module(module_name)
+            module = import_kind_module(module_name, search_folders() if search is None else search)
         except ImportError as exc:
             raise UnknownKindError(f"cannot import module {module_name!r} for kind {kind!r}: {exc}") from exc
         cls = getattr(module, attr, None)

@@ -139,10 +139,25 @@ def rate_problem(value: Any, role: str | None, name: str) -> str | None:
     return f"rate_hz must be a positive number of frames per second, 'native' or omitted (free-running); got {value!r}"
 
 
+MAX_QUEUE_SIZE = 4096  # frames one edge may hold: a queue keeps whole frames in memory
+
+
 def queue_size_problem(value: Any, source: str, target: str) -> str | None:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_QUEUE_SIZE:
         return None
-    return f"queue_size of edge {source!r} -> {target!r} must be an integer >= 1, got {value!r}"
+    big = isinstance(value, int) and not isinstance(value, bool) and value > MAX_QUEUE_SIZE
+    why = ("; a queue holds whole frames in memory (a few thousand camera frames are gigabytes) and a producer "
+           "faster than its consumer only fills it: use a smaller queue (`block` makes the producer wait), or "
+           "drop_oldest/latest to keep the newest frames" if big else "")
+    return (f"queue_size of edge {source!r} -> {target!r} must be an integer >= 1 and <= {MAX_QUEUE_SIZE}, "
+            f"got {value!r}{why}")
+
+
+def drain_timeout_problem(value: Any) -> str | None:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+        return None
+    return (f"drain_timeout_s must be a number of seconds > 0 (how long a stop waits for queued frames), or null to "
+            f"wait for every frame; got {value!r}")
 
 
 def max_batch_problem(value: Any, role: str | None, name: str) -> str | None:
@@ -169,5 +184,5 @@ def join_problems(timeout_s: Any, max_pending: Any) -> Iterable[tuple[str, str]]
         yield "max_pending", f"max_pending must be an integer >= 1, got {max_pending!r}"
 
 
-__all__ = ["GraphIssue", "GraphNode", "find_cycles", "fuse_problem", "graph_issues", "join_problems",
+__all__ = ["GraphIssue", "GraphNode", "MAX_QUEUE_SIZE", "drain_timeout_problem", "find_cycles", "fuse_problem", "graph_issues", "join_problems",
            "max_batch_problem", "queue_size_problem", "rate_problem", "topological_order"]

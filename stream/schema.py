@@ -14,11 +14,13 @@ from typing import Any
 from stream.params import params_json_schema
 from stream.registry import kinds
 from stream.executors import executor_names
-from stream.spec import DEFAULT_EXECUTOR, ErrorPolicy, QueuePolicy
+from stream.rules import MAX_QUEUE_SIZE
+from stream.spec import DEFAULT_DRAIN_TIMEOUT_S, DEFAULT_EXECUTOR, ErrorPolicy, QueuePolicy
 
 SCHEMA_ID = "https://costream.dev/schema/pipeline-v1.json"
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
 CLASS_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+PERCENT = r"^\s*(\d+(\.\d*)?|\.\d+)\s*%\s*$"  # options.max_failed_frames as a percentage
 
 
 def _common_node_properties() -> dict[str, Any]:
@@ -26,10 +28,11 @@ def _common_node_properties() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "from": {"type": "string", "pattern": NODE_NAME, "description": "the upstream node"},
-            "queue_size": {"type": "integer", "minimum": 1, "default": 4},
-            "policy": {"enum": [p.value for p in QueuePolicy], "default": QueuePolicy.LATEST.value,
+            "queue_size": {"type": "integer", "minimum": 1, "maximum": MAX_QUEUE_SIZE, "default": 4},
+            "policy": {"enum": [p.value for p in QueuePolicy],
                        "description": "block: lossless; drop_oldest: keep the newest queue_size; "
-                                      "latest: keep only the newest frame"},
+                                      "latest: keep only the newest frame. Default by source: latest behind a live "
+                                      "source (camera, URL, socket), block behind files and synthetic sources"},
         },
         "required": ["from"],
         "additionalProperties": False,
@@ -123,6 +126,14 @@ def pipeline_schema(kind_classes: dict[str, type] | None = None) -> dict[str, An
                 "properties": {
                     "allow_cpu_fallback": {"type": "boolean", "default": False},
                     "warmup_frames": {"type": "integer", "minimum": 0, "default": 10},
+                    "drain_timeout_s": {
+                        "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}],
+                        "default": DEFAULT_DRAIN_TIMEOUT_S,
+                        "description": "after a stop, queued frames flow for at most this long (null: no limit)"},
+                    "max_failed_frames": {
+                        "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": PERCENT}],
+                        "default": 0,
+                        "description": "failed frames a run may have and still exit 0: N frames or 'P%'"},
                 },
             },
             "nodes": {

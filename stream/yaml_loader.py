@@ -39,6 +39,15 @@ class LocatedList(list):
         return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
+def type_label(value: Any) -> str:
+    """The type name a YAML user knows: `list` and `dict` for the located containers this loader makes."""
+    if isinstance(value, LocatedList):
+        return "list"
+    if isinstance(value, LocatedDict):
+        return "dict"
+    return type(value).__name__
+
+
 class LocatingLoader(yaml.SafeLoader):
     """SafeLoader that builds Located containers and collects duplicate keys in `duplicates`."""
 

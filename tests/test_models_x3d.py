@@ -354,17 +354,25 @@ def test_missing_or_corrupt_video_file_stops_the_pipeline_clearly(tmp_path: Path
     from stream.config import build_pipeline
     from stream.executor import LocalExecutor, PipelineStartError
 
+    from stream.config import ConfigError
+
     video = tmp_path / "clip.avi"
     if content is not None:
         video.write_bytes(content)
-    spec = build_pipeline({
+    config = {
         "version": 1, "name": "bad_video",
         "nodes": {
             "cam": {"kind": "video", "params": {"uri": str(video), "short_side": SIDE, "crop": SIDE}},
             "model": {"kind": "cox3d", "inputs": ["cam"],
                       "params": {"size": "xs", "crop_size": SIDE, "num_classes": 10, "labelset": "test"}},
         },
-    })
+    }
+    if content is None:  # a missing file is found by validation, before anything is set up
+        with pytest.raises(ConfigError, match=r"node 'cam', field 'params.uri': uri .* does not exist") as missing:
+            build_pipeline(config)
+        assert str(video) in str(missing.value)
+        return
+    spec = build_pipeline(config)
     with pytest.raises(PipelineStartError, match=r"node 'cam'.*(not found|corrupt)") as info:
         LocalExecutor(spec, free_running=True).run()
     assert str(video) in str(info.value) or video.name in str(info.value)

@@ -126,7 +126,7 @@ def test_frames_limit_and_overrides(tmp_path):
     pipeline = Pipeline.from_yaml(write(tmp_path, FAN_JOIN), overrides=["cam.count=100", "right.factor=3"], env={})
     assert pipeline.spec.node("cam").params.count == 100
     report = pipeline.run(frames=10)
-    assert report.edge("cam", "left").offered == 10
+    assert report.edge("cam", "left").offered == 20  # frames=10 is per stream, and cam has 2 streams
     assert all(np.array_equal(f.data["right"], 3 * f.data["left"]) for f in pipeline.executor.nodes["out"].frames)
 
 

@@ -14,7 +14,7 @@ from stream.frame import Frame
 from stream.node import NodeContext
 from stream.zmq import Client
 from test_models_stgcn import randomize_bn
-from zmq_server import REPO, Server, free_port
+from zmq_server import INTERRUPTED, REPO, Server, free_port
 
 WINDOW = 82  # CoST-GCN*: the backbone's 81-frame receptive field plus one frame of pooling window
 FRAMES = WINDOW + 4
@@ -55,7 +55,8 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     # --reply-timeout 120: were a warm-up frame left to time out, its reply would be an error, not "ok"
     srv = Server(tmp_path, str(REPO / "pipelines" / "skeleton_action.yaml"), endpoint, "--reply-timeout", "120",
-                 "--set", f"model.weights={weights}", "--set", f"model.window={WINDOW}")
+                 "--set", f"model.weights={weights}", "--set", f"model.window={WINDOW}",
+                 "--set", "options.max_failed_frames=1")  # the one malformed frame sent below
     try:
         with (Client(endpoint, timeout=120) as client, Client(endpoint, timeout=120, client="robot2") as other,
               Client(endpoint, timeout=120, client="robot3") as broken):
@@ -76,7 +77,7 @@ def test_a_served_continual_model_answers_warm_up_at_once_and_predicts_like_the_
                     assert bad.error["code"] == "node_failed" and "(3, 25, 2)" in bad.error["message"]
             stats = client.ping()
     finally:
-        assert srv.stop() == 0, srv.log.read_text()
+        assert srv.stop() == INTERRUPTED, srv.log.read_text()
     for key, reply in replies.items():
         assert (reply.stream, reply.seq) == key
         if key in expected:
@@ -157,7 +158,7 @@ nodes:
                 for s, request_id in ids.items():
                     replies[(s, t)] = client.recv(request_id).raise_for_status()
     finally:
-        assert srv.stop() == 0, srv.log.read_text()
+        assert srv.stop() == INTERRUPTED, srv.log.read_text()
     for key, reply in replies.items():
         if key in expected:
             np.testing.assert_allclose(reply.arrays["scores"], expected[key], rtol=1e-4, atol=1e-5)

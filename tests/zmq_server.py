@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from stream.outcome import EXIT_INTERRUPTED
 from stream.zmq import Client, ReplyTimeout
 
 REPO = Path(__file__).resolve().parents[1]
 PASSTHROUGH = str(REPO / "pipelines" / "serve_passthrough.yaml")
 DEADLINE_S = 20.0
+INTERRUPTED = EXIT_INTERRUPTED  # what a server stopped by Ctrl-C exits with when all went well (130, as `costream run`)
 
 
 def free_port() -> int:
@@ -56,6 +58,7 @@ class Server:
             self.interrupted = True
 
     def stop(self) -> int:
+        """One Ctrl-C, then the exit code: INTERRUPTED (130) for a clean stop."""
         self.interrupt()
         try:
             return self.proc.wait(DEADLINE_S)

@@ -29,6 +29,7 @@ from torch import Tensor
 from operators.base import ContinualModule
 from operators.state import align_positions, select_streams, stack_states, state_phase
 from stream.frame import Frame
+from stream.input_paths import InputPath
 from stream.node import FrameFailure, NodeContext, Operator
 from stream.state import StreamStates
 
@@ -106,7 +107,7 @@ def _batches_for(rows: list[_Row], merge: bool) -> list[tuple[Any, list[int]]]:
 class ModelNodeParams:
     """Parameters every continual-model node accepts (subclasses extend this dataclass)."""
 
-    weights: str | None = None  # path to a checkpoint; None: random init (a warning is logged)
+    weights: InputPath | None = None  # path to a checkpoint; None: random init (a warning is logged)
     idle_timeout_s: float | None = 60.0  # evict a stream's state after this long without frames
     reset_on_gap: bool = True  # a jump in a stream's seq (or meta["discontinuity"]) starts its state afresh
     # states held at most between rounds (a new stream evicts the least recently seen; a round of more

@@ -17,6 +17,7 @@ from torch import Tensor
 from operators.base import ContinualModule
 from operators.nodes.base import ContinualModelNode, ModelNodeParams, as_tensor
 from stream.frame import Frame
+from stream.ports import FEATURES, SCORES, SKELETON, Port
 from stream.registry import register
 
 _NTU_LABELSETS = {60: "ntu60", 120: "ntu120"}
@@ -86,6 +87,12 @@ class CoSTGCNNode(ContinualModelNode):
     """CoST-GCN / CoST-GCN* over NTU-25 skeleton streams."""
 
     Params = CoSTGCNNodeParams
+    consumes = SKELETON.with_shape(3, 25, 2, fix="set the skeleton source's max_bodies to 2 (NTU RGB+D's M)")
+    produces = SCORES
+
+    @classmethod
+    def output_ports(cls, params: CoSTGCNNodeParams) -> tuple[Port, ...]:
+        return (SCORES.with_shape(params.num_classes),)
 
     def build_model(self) -> ContinualModule:
         from operators.models.costgcn import build_costgcn
@@ -130,6 +137,16 @@ class OadTRNode(ContinualModelNode):
     """Continual OadTR-style encoder: a per-frame class distribution for the newest frame."""
 
     Params = OadTRNodeParams
+    consumes = FEATURES
+    produces = SCORES
+
+    @classmethod
+    def input_ports(cls, params: OadTRNodeParams) -> tuple[Port, ...]:
+        return (FEATURES.with_shape(params.d_in, fix="set this node's d_in to the features' size"),)
+
+    @classmethod
+    def output_ports(cls, params: OadTRNodeParams) -> tuple[Port, ...]:
+        return (SCORES.with_shape(params.classes),)
 
     def build_model(self) -> ContinualModule:
         from operators.models.oadtr import OadTRConfig, build_cooadtr

@@ -20,6 +20,7 @@ from operators.models.weights import load_weights
 from operators.models.x3d import SIZES, X3DConfig
 from operators.nodes.base import ContinualModelNode, ModelNodeParams, as_tensor
 from stream.frame import Frame
+from stream.ports import SCORES, VIDEO, Port
 from stream.registry import register
 
 log = logging.getLogger("costream.operators.nodes.video")
@@ -54,6 +55,19 @@ class CoX3DNode(ContinualModelNode):
     """CoX3D-XS/S/M/L with PyTorchVideo X3D weights from `weights` (random init when empty)."""
 
     Params = CoX3DParams
+    consumes = VIDEO
+    produces = SCORES
+
+    @classmethod
+    def input_ports(cls, params: CoX3DParams) -> tuple[Port, ...]:
+        side = SIZES[params.size]["crop_size"] if params.crop_size is None else params.crop_size
+        return (VIDEO.with_shape(3, side, side, fix=(
+            f"set the video source's crop to {side} (e.g. preset 'x3d_{params.size}', or synthetic_video width and "
+            f"height {side}), or this node's crop_size to the frames' size")),)
+
+    @classmethod
+    def output_ports(cls, params: CoX3DParams) -> tuple[Port, ...]:
+        return (SCORES.with_shape(params.num_classes),)
 
     @property
     def model_name(self) -> str:

@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, TextIO
 from sensors.labels import Prediction, as_probabilities, load_labels, top_k
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Sink
+from stream.ports import SCORES
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.sinks")
@@ -120,6 +121,7 @@ class LabelsConsole(Sink):
     """Top-k labels with confidence and end-to-end latency, one line per stream at most every min_interval_s."""
 
     Params = ConsoleParams
+    consumes = SCORES
 
     def __init__(
         self, params: ConsoleParams | None = None, *, clock: Callable[[], int] = now_ns, out: TextIO | None = None
@@ -160,6 +162,7 @@ class LabelsJsonl(Sink):
     """One JSON line per prediction: stream, seq, t_capture (ns), labels, scores, latency_ms, model, labelset."""
 
     Params = JsonlParams
+    consumes = SCORES
 
     def __init__(self, params: JsonlParams | None = None, *, clock: Callable[[], int] = now_ns) -> None:
         super().__init__(params)

@@ -17,6 +17,7 @@ from sensors.sinks.labels import LabelSinkParams, predict, scores_of
 from sensors.video.synthetic import fourcc_for
 from stream.frame import Frame, now_ns
 from stream.node import Sink
+from stream.ports import SCORES, VIDEO
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.sinks")
@@ -47,6 +48,7 @@ class AnnotatedVideoWriter(Sink):
     """
 
     Params = VideoWriterParams
+    consumes = (SCORES, VIDEO)  # with data["image"], the source's preview
 
     def __init__(self, params: VideoWriterParams | None = None, *, clock: Callable[[], int] = now_ns) -> None:
         super().__init__(params)

@@ -5,6 +5,7 @@ They emit `{"skeleton": (C=3, V=25, M) float32}` for one time step. The readers 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import torch
 from sensors.skeleton.ntu import SkeletonFormatError, SkeletonSequence, read_skeleton
 from sensors.skeleton.synthetic import SyntheticSkeletonConfig, synthetic_skeleton
 from stream.frame import Frame
+from stream.input_paths import InputPath
 from stream.node import NodeContext, Source
+from stream.ports import SKELETON, Port
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.skeleton")
@@ -25,7 +28,7 @@ logger = logging.getLogger("costream.sensors.skeleton")
 
 @dataclass(frozen=True)
 class SkeletonParams:
-    path: str  # an NTU RGB+D .skeleton file or a directory of them (read in sorted order)
+    path: InputPath  # an NTU RGB+D .skeleton file or a directory of them (read in sorted order)
     one_stream: bool = False  # all files as one stream (the node name); default: one stream per file
     max_bodies: int = 2  # M of the emitted (3, 25, M) arrays
     fps: float = 30.0  # Kinect v2 rate; the native rate for `rate_hz: native`
@@ -54,6 +57,15 @@ class SkeletonSource(Source):
     """
 
     Params = SkeletonParams
+    produces = SKELETON
+
+    @classmethod
+    def output_ports(cls, params: SkeletonParams) -> tuple[Port, ...]:
+        return (SKELETON.with_shape(3, 25, params.max_bodies),)
+
+    @property
+    def stream_count(self) -> int | None:
+        return 1 if self.params.one_stream else len(self.files) or None
 
     def __init__(self, params: SkeletonParams | None = None) -> None:
         super().__init__(params)
@@ -152,6 +164,19 @@ class SyntheticSkeletonSource(Source):
     """Synthetic NTU-25 skeleton tracks, several streams interleaved frame by frame."""
 
     Params = SyntheticSkeletonParams
+    produces = SKELETON
+
+    @classmethod
+    def output_ports(cls, params: SyntheticSkeletonParams) -> tuple[Port, ...]:
+        return (SKELETON.with_shape(3, 25, params.max_bodies),)
+
+    @classmethod
+    def with_frames(cls, params: SyntheticSkeletonParams, frames: int) -> SyntheticSkeletonParams:
+        return dataclasses.replace(params, frames=frames)
+
+    @property
+    def stream_count(self) -> int:
+        return self.params.streams
 
     @property
     def native_rate_hz(self) -> float | None:

@@ -8,6 +8,7 @@ runtime.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -20,7 +21,9 @@ from sensors.video.reader import ReconnectPolicy, VideoCounters, VideoFrame, Vid
 from sensors.video.synthetic import SyntheticVideo, SyntheticVideoConfig
 from sensors.video.transforms import VideoTransform, preview
 from stream.frame import Frame
+from stream.input_paths import InputPath
 from stream.node import NodeContext, Operator, Source
+from stream.ports import IMAGE, VIDEO, Port
 from stream.registry import register
 
 logger = logging.getLogger("costream.sensors.video")
@@ -67,6 +70,17 @@ def _video_data(image: np.ndarray, transform: VideoTransform, params: TransformP
     return data
 
 
+def _video_port(transform: VideoTransform, size: tuple[int, int] | None = None) -> tuple[Port, ...]:
+    """The video port of frames made by `transform` from images of `size` (H, W), when known."""
+    if transform.crop is not None:
+        height, width = transform.crop
+    elif size is not None:
+        height, width = transform.output_size(*size)
+    else:
+        return (VIDEO.with_shape(3, "H", "W"),)
+    return (VIDEO.with_shape(3, height, width),)
+
+
 def _transform_fields(params: TransformParams) -> dict[str, Any]:
     return {name: getattr(params, name) for name in TransformParams.__dataclass_fields__}
 
@@ -85,6 +99,12 @@ class VideoPreprocess(Operator):
 
     Params = VideoPreprocessParams
     outputs_follow_inputs = True
+    consumes = IMAGE
+    produces = VIDEO
+
+    @classmethod
+    def output_ports(cls, params: VideoPreprocessParams) -> tuple[Port, ...]:
+        return _video_port(params.transform())
 
     def __init__(self, params: VideoPreprocessParams | None = None) -> None:
         super().__init__(params)
@@ -105,7 +125,7 @@ class VideoPreprocess(Operator):
 
 @dataclass(frozen=True)
 class VideoParams(TransformParams):
-    uri: str | int = field(kw_only=True)  # file path, camera index (0) or URL (rtsp://..., http://...)
+    uri: InputPath | int = field(kw_only=True)  # file path, camera index (0) or URL (rtsp://..., http://...)
     loop: bool = False  # start a file again when it ends
     stream: str | None = None  # stream id of the frames; default: the node name
     max_frames: int | None = None  # stop after this many frames
@@ -140,6 +160,23 @@ class VideoSource(Source):
     """
 
     Params = VideoParams
+    produces = VIDEO
+
+    @classmethod
+    def output_ports(cls, params: VideoParams) -> tuple[Port, ...]:
+        return _video_port(params.transform())
+
+    @classmethod
+    def is_live(cls, params: VideoParams) -> bool:
+        """A camera index, a device file or a network URL is live; a file is not."""
+        uri = params.uri
+        if isinstance(uri, int) or str(uri).strip().isdigit():
+            return True
+        return "://" in str(uri) or str(uri).startswith("/dev/")
+
+    @property
+    def stream_count(self) -> int:
+        return 1
 
     def __init__(self, params: VideoParams | None = None, **reader_options: Any) -> None:
         super().__init__(params)
@@ -252,10 +289,23 @@ class SyntheticVideoSource(Source):
     """
 
     Params = SyntheticVideoParams
+    produces = VIDEO
 
     def __init__(self, params: SyntheticVideoParams | None = None) -> None:
         super().__init__(params)
         self._transform = self.params.transform()
+
+    @classmethod
+    def output_ports(cls, params: SyntheticVideoParams) -> tuple[Port, ...]:
+        return _video_port(params.transform(), (params.height, params.width))
+
+    @classmethod
+    def with_frames(cls, params: SyntheticVideoParams, frames: int) -> SyntheticVideoParams:
+        return dataclasses.replace(params, frames=frames)
+
+    @property
+    def stream_count(self) -> int:
+        return self.params.streams
 
     @property
     def native_rate_hz(self) -> float | None:

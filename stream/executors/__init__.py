@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from stream.executors.base import Executor, PipelineStartError
+from stream.executors.base import Executor, PipelineStartError, PlanError
 from stream.spec import PipelineSpec
 from stream.suggest import suggest
 
@@ -69,5 +69,6 @@ def create_executor(spec: PipelineSpec, name: str | None = None, **options: Any)
     return executor_class(name or spec.executor)(spec, **options)
 
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorUnavailableError", "PipelineStartError", "UnknownExecutorError",
+__all__ = ["EXECUTORS", "Executor", "ExecutorUnavailableError", "PipelineStartError", "PlanError",
+           "UnknownExecutorError",
            "check_executor_name", "create_executor", "executor_class", "executor_names"]

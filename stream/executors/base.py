@@ -9,7 +9,9 @@
     executor.nodes                        # {name: node instance} of this run
 
 An executor class is constructed as `Cls(spec, *, free_running=False, max_frames=None, fuse=())`
-(further keyword options are its own), runs a `stream.plan.GraphPlan` built from the spec, resolves
+(further keyword options are its own; `max_frames` is frames per stream, `--frames`: a source stops
+once each of its streams has that many, and a frame of a stream that has them is not emitted), runs
+a `stream.plan.GraphPlan` built from the spec (the plan's spec has every edge policy set), resolves
 the frames' completion tickets (`stream.ticket`) as the runtime's contract says, and builds its
 report with `stream.executors.reporting`. Signals are not an executor's business: `run()` callers
 use `stream.stopping.StopOnSignals`, the one policy shared by `costream run` and `costream serve`.
@@ -24,6 +26,11 @@ from stream.spec import PipelineSpec
 
 class PipelineStartError(RuntimeError):
     """The pipeline could not start (bad wiring, a missing device, or a node's setup() raised)."""
+
+
+class PlanError(PipelineStartError):
+    """The spec cannot be planned (it breaks a pipeline rule, names a missing device or an unfusable node):
+    nothing was set up. A usage/config error (exit code 2), unlike a node whose setup() failed (1)."""
 
 
 @runtime_checkable
@@ -58,4 +65,4 @@ class Executor(Protocol):
         ...
 
 
-__all__ = ["Executor", "PipelineStartError"]
+__all__ = ["Executor", "PipelineStartError", "PlanError"]

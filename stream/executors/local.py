@@ -8,7 +8,7 @@ Lifecycle: `start()` plans the spec (`stream.plan.GraphPlan`: every rule checked
 chaining and pacing decided; nothing is set up when that fails), sets every node up in pipeline order
 (a failure tears down what was set up and raises `PipelineStartError`), wires the edges and starts
 the workers. Sources iterate `Source.frames()`, paced at `rate_hz` unless free-running; when they end
-(or `max_frames` is reached, or a stop is requested) they close their output edges, every downstream
+(or each of their streams has `max_frames` frames, or a stop is requested) they close their output edges, every downstream
 worker drains its queues and ends, and `wait()` tears the nodes down in pipeline order and returns
 the `RunReport`. A node that raises on a frame has the frame counted as failed, logged with
 node/stream/seq and its ticket resolved; under `on_error: stop` the run stops with a fatal error (the
@@ -16,7 +16,9 @@ failing node's queued frames are discarded and counted, the rest of the pipeline
 
 A stop without draining (`request_stop(..., drain=False)`, the second Ctrl-C) discards what is queued
 (counted) and gives busy nodes `hard_stop_grace_s` to return from their current call; `wait()` then
-tears down and reports even if one has not (it is named in the log).
+tears down and reports even if one has not (it is named in the log). A draining stop lasts at most
+the spec's `drain_timeout_s` (`options.drain_timeout_s`, default 5 s): then it becomes a stop without
+draining, and the frames still queued are counted as discarded on their edges (and logged per edge).
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ class LocalExecutor:
         self._hard_once = threading.Lock()
         self._stop_reason: str | None = None
         self._hard_deadline: float | None = None
+        self._drain_deadline: float | None = None  # a draining stop becomes a hard one at this time
         self._state = "new"  # new -> running -> finished
         self._t_start = 0
         self._t_end = 0
@@ -124,6 +127,8 @@ class LocalExecutor:
         """
         if self._stop_once.acquire(blocking=False):
             self._stop_reason = reason
+            if drain and self.spec.drain_timeout_s is not None:
+                self._drain_deadline = time.monotonic() + self.spec.drain_timeout_s
             self._stop.set()
             self._stop_sources()
         if not drain and self._hard_once.acquire(blocking=False):
@@ -166,6 +171,10 @@ class LocalExecutor:
                         raise TimeoutError(f"pipeline {self.spec.name!r} still running after {timeout} s")
                     if self._hard_deadline is not None and time.monotonic() >= self._hard_deadline:
                         break  # the grace after a stop without draining is over
+                    if (self._drain_deadline is not None and self._hard_deadline is None
+                            and time.monotonic() >= self._drain_deadline):
+                        self._drain_timed_out()
+                        continue
                     # Bounded joins: a signal may be delivered to a worker thread, and its Python handler
                     # (Ctrl-C, SIGTERM -> request_stop) runs only once this main thread wakes up.
                     worker.thread.join(_SIGNAL_CHECK_S if left is None else min(left, _SIGNAL_CHECK_S))
@@ -181,6 +190,19 @@ class LocalExecutor:
         self._state = "finished"
         self._report = self._build_report()
         return self._report
+
+    def _drain_timed_out(self) -> None:
+        """The draining stop took longer than `drain_timeout_s`: stop without draining, and say per edge
+        how many queued frames that discards (they are counted as discarded in the report)."""
+        queued = [(e.name, e.depth) for w in self._workers.values() if w.inbox is not None for e in w.inbox.edges
+                  if e.depth]
+        total = sum(n for _, n in queued)
+        log.warning("pipeline %r: the drain after the stop took longer than drain_timeout_s = %g s; discarding the "
+                    "%d frame(s) still queued%s (counted as discarded per edge; set options.drain_timeout_s to wait "
+                    "longer)", self.spec.name, self.spec.drain_timeout_s, total,
+                    ": " + ", ".join(f"{name} {n}" for name, n in queued) if queued else "")
+        self._stop_reason = f"{self._stop_reason}; drain timed out after {self.spec.drain_timeout_s:g} s"
+        self.request_stop(self._stop_reason or "drain timed out", drain=False)
 
     def run(self) -> RunReport:
         """start() and wait() under the shared stop policy (`stream.stopping`): on the main thread the
@@ -227,8 +249,10 @@ class LocalExecutor:
             worker.copies = plan.consumer_devices(worker.name)
             if spec.role == "source":
                 length = getattr(worker.node, "length", None)
-                if plan.max_frames is not None:
-                    length = plan.max_frames if length is None else min(length, plan.max_frames)
+                streams = worker.stream_count = getattr(worker.node, "stream_count", None)
+                if plan.max_frames is not None and streams is not None:  # max_frames is per stream
+                    cap = plan.max_frames * streams
+                    length = cap if length is None else min(length, cap)
                 worker.length = length
                 period = node_plan.period_ns(worker.node.native_rate_hz if spec.rate_hz == "native" else None)
                 if period is None:
@@ -266,9 +290,16 @@ class LocalExecutor:
             runs.append(NodeRun(name=name, kind=w.spec.kind, role=w.spec.role, device=str(w.plan.device),
                                 metrics=w.metrics, edges=edges,
                                 join=w.joiner.counters.as_dict() if w.joiner is not None else None, length=w.length,
-                                counters=node_counters(name, w.node) if with_counters else None,
+                                counters=self._counters(w) if with_counters else None, streams=w.stream_count,
                                 queue_depth=w.inbox.depth if w.inbox is not None else 0, alive=w.alive))
         return runs
+
+    @staticmethod
+    def _counters(worker: Worker) -> dict[str, int] | None:
+        counters = node_counters(worker.name, worker.node)
+        if worker.past_limit:  # frames a source read after their stream reached --frames (not emitted)
+            counters = {**(counters or {}), "frames_past_limit": worker.past_limit}
+        return counters
 
     def _build_report(self) -> RunReport:
         limit_hit = self._flow is not None and self._flow.limit_hit

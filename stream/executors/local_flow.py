@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from stream.clock import Clock
 from stream.devices import pin_this_thread
-from stream.edges import Edge, Inbox
+from stream.edges import Edge, Inbox, resolve_dropped
 from stream.executors.failures import FailureLog
 from stream.frame import Frame, now_ns
 from stream.join import Joiner
@@ -52,6 +52,8 @@ class Worker:
         self.copies: dict[str, int] = {}  # {device: consumers on it}, for the device transfer cache
         self.thread: threading.Thread | None = None
         self.length: int | None = None  # sources: frames announced (and capped by max_frames)
+        self.stream_count: int | None = None  # sources: streams announced (Source.stream_count)
+        self.past_limit = 0  # sources: frames read after their stream reached max_frames (not emitted)
         self.period_ns = 0  # sources: pacing period, 0 when free-running
         self.fused: Worker | None = None  # the consumer run inside this worker's thread (operator chaining)
         self.host: Worker | None = None  # fused nodes: the worker whose thread runs this node
@@ -87,7 +89,10 @@ class Dataflow:
         m.t_start = now_ns()
         period = worker.period_ns
         clock, stop = self.clock, self.stop
-        limit = self.max_frames
+        limit = self.max_frames  # frames per stream (`--frames`)
+        known = worker.stream_count  # streams the source said it has, when it knows
+        per_stream: dict[str, int] = {}  # frames emitted per stream, while a limit applies
+        full = 0  # streams that reached the limit
         length = worker.length  # no pacing wait once the source's announced frames are out
         service_ns = m.service_ns
         frames = None
@@ -96,7 +101,7 @@ class Dataflow:
             with DevicePlacement.stream_scope(worker.device, worker.cuda_stream):
                 frames = iter(worker.node.frames())
                 next_t = clock.now_ns()
-                while not stop.is_set() and (limit is None or m.frames_out < limit):
+                while not stop.is_set() and (limit is None or (limit > 0 and (known is None or full < known))):
                     if period and (length is None or m.frames_out < length):
                         clock.wait_until(next_t, stop)
                         if stop.is_set():
@@ -111,6 +116,16 @@ class Dataflow:
                     if frame.__class__ is not Frame and not isinstance(frame, Frame):
                         raise TypeError(f"{type(worker.node).__name__}.frames() must yield Frame objects "
                                         f"(build them with self.make_frame(data)); got {type(frame).__name__}")
+                    if limit is not None:
+                        n = per_stream.get(frame.stream, 0)
+                        if n >= limit:  # this stream is done: the frame is not emitted (counted, ticket resolved)
+                            worker.past_limit += 1
+                            resolve_dropped((frame,), worker.name)
+                            if full == len(per_stream) and known is None:
+                                break  # every stream seen so far is done, and no new one came
+                            continue
+                        per_stream[frame.stream] = n + 1
+                        full += n + 1 == limit
                     if m.t_first == 0:
                         m.t_first = t1
                     service_ns.append(t1 - t0)
@@ -120,7 +135,7 @@ class Dataflow:
                     self._emit(worker, frame, t1, None if cuda_stream is None else DevicePlacement.record_event(cuda_stream))
                     if len(service_ns) >= self.trim_at:
                         m.trim(self.keep)
-                if limit is not None and m.frames_out >= limit:
+                if limit is not None and per_stream and full == len(per_stream) and not stop.is_set():
                     self.limit_hit = True
         except Exception as exc:
             self._fail(worker, None, exc)

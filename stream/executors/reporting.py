@@ -32,6 +32,7 @@ class NodeRun:
     counters: dict[str, int] | None = None
     queue_depth: int = 0
     alive: bool = False
+    streams: int | None = None  # sources: how many streams they produce, when known
 
 
 def node_counters(name: str, node: Any) -> dict[str, int] | None:
@@ -92,7 +93,8 @@ def build_snapshot(pipeline: str, runs: Iterable[NodeRun], failures: FailureLog,
             "throughput_hz": m.throughput_hz(now_ns), "alive": run.alive,
         }
         if run.role == "source":
-            sources[run.name] = {"produced": m.frames_out, "length": run.length}
+            sources[run.name] = {"produced": m.frames_out, "length": run.length, "streams": run.streams,
+                                 "kind": run.kind}
     return {"pipeline": pipeline, "running": running, "elapsed_s": elapsed_s, "stop_reason": reason,
             "fatal": failures.fatal is not None, "error_count": failures.count, "nodes": nodes, "sources": sources}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from stream.frame import Frame, now_ns
 from stream.node import Sink
+from stream.ports import ANY
 from stream.registry import register
 
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -14,6 +15,8 @@ _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @register("null")
 class NullSink(Sink):
     """Counts what arrives; the end of a benchmark pipeline (latency is recorded by the runtime)."""
+
+    consumes = ANY
 
     def setup(self, context) -> None:
         super().setup(context)
@@ -25,12 +28,18 @@ class NullSink(Sink):
 
 @register("log")
 class LogSink(Sink):
-    """Logs stream, seq, a data summary and the latency so far of every `every`-th frame."""
+    """Logs stream, seq, a data summary and the latency so far of every `every`-th frame.
+
+    Its lines are shown whatever `--log-level` says (that level filters costream's own messages): the
+    sink's logger, `costream.sink.<node>`, is set to the sink's `level`, at which its lines are logged.
+    """
+
+    consumes = ANY
 
     @dataclass(frozen=True)
     class Params:
-        every: int = 1
-        level: str = "INFO"
+        every: int = 1  # log every N-th frame
+        level: str = "INFO"  # the level its lines are logged at (shown whatever --log-level says)
 
         def __post_init__(self) -> None:
             if not isinstance(self.every, int) or self.every < 1:
@@ -43,6 +52,7 @@ class LogSink(Sink):
         self.count = 0
         self._level = getattr(logging, str(self.params.level).upper())
         self._log = logging.getLogger(f"costream.sink.{context.name}")
+        self._log.setLevel(self._level)  # a sink asked to log: not silenced by a stricter root level
 
     def process(self, frame: Frame) -> None:
         self.count += 1

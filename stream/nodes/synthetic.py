@@ -5,6 +5,7 @@ an array of `shape` filled with its per-stream seq (wrapped for small integer dt
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -12,11 +13,14 @@ import numpy as np
 
 from stream.frame import Frame
 from stream.node import Source
+from stream.ports import TENSOR, Port
 from stream.registry import register
 
 
 @register("synthetic")
 class Synthetic(Source):
+    produces = TENSOR
+
     @dataclass(frozen=True)
     class Params:
         count: int = 100
@@ -41,6 +45,18 @@ class Synthetic(Source):
             except TypeError as exc:
                 raise ValueError(f"synthetic: `dtype` {self.dtype!r} is not a numpy dtype name "
                                  f"(e.g. float32, uint8)") from exc
+
+    @classmethod
+    def output_ports(cls, params: "Synthetic.Params") -> tuple[Port, ...]:
+        return (TENSOR.with_shape(*params.shape),)
+
+    @classmethod
+    def with_frames(cls, params: "Synthetic.Params", frames: int) -> "Synthetic.Params":
+        return dataclasses.replace(params, count=frames * params.streams)
+
+    @property
+    def stream_count(self) -> int:
+        return self.params.streams
 
     @property
     def native_rate_hz(self) -> float | None:

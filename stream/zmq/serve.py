@@ -79,6 +79,10 @@ def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def serving_spec(spec: PipelineSpec, source_changes: dict[str, Any]) -> PipelineSpec:
     """The spec to serve: the explicit router/reply nodes updated, or the pipeline wrapped."""
+    explicit = any(n.node_class is ZmqSource and n.params.socket == "router" for n in spec.nodes) or \
+        any(n.node_class is ZmqSink and n.params.mode == "reply" for n in spec.nodes)
+    if explicit:
+        spec = spec.with_default_policies()  # what each input's policy will be (`latest` behind the router)
     routers = [n for n in spec.nodes if n.node_class is ZmqSource and n.params.socket == "router"]
     replies = [n for n in spec.nodes if n.node_class is ZmqSink and n.params.mode == "reply"]
     if routers or replies:
@@ -150,33 +154,45 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Serve until Ctrl-C/SIGTERM; 0 on a clean stop, 1 on a fatal pipeline error, 2 on a config error."""
+    """Serve until Ctrl-C/SIGTERM; the exit codes of `costream run` (`stream.outcome`): 128+N after signal
+    N, 1 on a fatal pipeline error or failed frames beyond `options.max_failed_frames`, 2 on a config or
+    usage error, 3 when the report could not be written where asked."""
     from stream.config import ConfigError, load_pipeline
-    from stream.executors import ExecutorUnavailableError, PipelineStartError, UnknownExecutorError, create_executor
+    from stream.executors import (
+        ExecutorUnavailableError, PipelineStartError, PlanError, UnknownExecutorError, create_executor,
+    )
+    from stream.outcome import EXIT_FAILED, EXIT_OUTPUT, EXIT_USAGE, verdict
+    from stream.outputs import OutputPathError, check_output_file
+    from stream.pipeline import save_report
     from stream.stopping import StopOnSignals
 
     try:
         spec = serving_spec(load_pipeline(args.pipeline, overrides=args.overrides), _source_overrides(args))
-    except (ConfigError, ValueError, TypeError) as exc:
+        if args.report:
+            check_output_file(args.report, "--report", say=lambda text: print(text, file=sys.stderr))
+    except (ConfigError, OutputPathError, ValueError, TypeError) as exc:
         print(f"costream serve: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     fuse = [name.strip() for arg in getattr(args, "fuse", None) or [] for name in arg.split(",") if name.strip()]
     if getattr(args, "no_fuse", False):
         if fuse:
             print("costream serve: --fuse and --no-fuse contradict each other; pass one of them", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         spec = dataclasses.replace(spec, nodes=tuple(dataclasses.replace(n, fuse=False) for n in spec.nodes))
     try:
         executor = create_executor(spec, getattr(args, "executor", None), free_running=True, fuse=fuse)
     except (UnknownExecutorError, ExecutorUnavailableError) as exc:
         print(f"costream serve: {exc}", file=sys.stderr)
-        return 2
-    with StopOnSignals(executor):
+        return EXIT_USAGE
+    with StopOnSignals(executor) as signals:
         try:
             executor.start()
-        except PipelineStartError as exc:
+        except PlanError as exc:  # nothing was set up: a config error
             print(f"costream serve: {exc}", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
+        except PipelineStartError as exc:  # a node's setup failed
+            print(f"costream serve: the pipeline could not start: {exc}", file=sys.stderr)
+            return EXIT_FAILED
         # Everything loaded at start-up (modules, models, weights) lives as long as the server: move it out
         # of the collector's sight, so periodic full collections stay short on the request path.
         gc.freeze()
@@ -187,12 +203,17 @@ def run_from_args(args: argparse.Namespace) -> int:
                     "streams are kept per client (the pipeline sees CLIENT/STREAM)"
                     if router.params.stream_scope == "client" else "stream ids are shared by all clients")
         report = executor.wait()
-    if args.report:
-        report.write_json(args.report)
-    if report.fatal_error is not None:
-        print(f"costream serve: pipeline stopped on a fatal error: {report.fatal_error}", file=sys.stderr)
-        return 1
-    return 0
+    saved = save_report(report, args.report) if args.report else None
+    code, why = verdict(report, spec.max_failed_frames, signals.first)
+    if why is not None:
+        print(f"costream serve: exit {code}: {why}", file=sys.stderr)
+        return code
+    if saved is not None and saved.fallback:
+        where = (f"it was written to {saved.path} instead" if saved.path is not None
+                 else "nor to the temporary directory")
+        print(f"costream serve: could not write the report to {args.report} ({saved.error}); {where}", file=sys.stderr)
+        return EXIT_OUTPUT
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import zmq
 
 from stream.frame import Frame
 from stream.node import NodeContext, Sink
+from stream.ports import ANY
 from stream.zmq.reply import needs_zero_copy, result_parts
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
 
@@ -51,6 +52,7 @@ class ZmqSink(Sink):
     """Sends each frame as a costream RESULT message; see docs/zmq-protocol.md."""
 
     Params = ZmqSinkParams
+    consumes = ANY
 
     def __init__(self, params: ZmqSinkParams | None = None) -> None:
         super().__init__(params)

@@ -19,6 +19,7 @@ import zmq
 
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
+from stream.ports import ANY
 from stream.zmq import protocol as P
 from stream.zmq.inbound import Inbound, decode_request, request_id_of
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
@@ -80,6 +81,8 @@ class ZmqSource(Source):
     """Receives costream protocol frames; see docs/zmq-protocol.md."""
 
     Params = ZmqSourceParams
+    produces = ANY  # whatever the peers send
+    live = True  # a socket: edges from it default to `latest`
 
     def __init__(self, params: ZmqSourceParams | None = None) -> None:
         super().__init__(params)
