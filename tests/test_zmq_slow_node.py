@@ -13,16 +13,21 @@ from stream.node import Operator
 
 
 class HoldWhileFileMissing(Operator):
+    """`hold: true` waits for `release_file`, `hold: "NAME"` for `release_file` + "-NAME" (several tests
+    can share one server)."""
+
     @dataclass(frozen=True)
     class Params:
         release_file: str = ""
         max_wait_s: float = 20.0
 
     def process(self, frame: Frame) -> Frame:
-        if frame.meta.get("hold"):
+        hold = frame.meta.get("hold")
+        if hold:
+            release = self.params.release_file if hold is True else f"{self.params.release_file}-{hold}"
             wait = threading.Event()
             for _ in range(int(self.params.max_wait_s / 0.01)):
-                if os.path.exists(self.params.release_file):
+                if os.path.exists(release):
                     break
                 wait.wait(0.01)
         return frame
