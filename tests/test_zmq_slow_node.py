@@ -40,3 +40,17 @@ class FailWhenAsked(Operator):
         if frame.meta.get("fail"):
             raise RuntimeError("asked to fail")
         return frame
+
+
+class CountPerStream(Operator):
+    """Per-stream state made visible: each frame's meta gets the stream id the pipeline sees and how
+    many frames of that stream came before it (plus one)."""
+
+    def setup(self, context) -> None:
+        super().setup(context)
+        self.counts: dict[str, int] = {}
+
+    def process(self, frame: Frame) -> Frame:
+        count = self.counts.get(frame.stream, 0) + 1
+        self.counts[frame.stream] = count
+        return frame.derive(frame.data, {"pipeline_stream": frame.stream, "count": count})

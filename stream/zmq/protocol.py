@@ -407,7 +407,8 @@ def _decode_common(parts: Sequence[Any], limits: Limits, known: dict[tuple, Tens
 def _decode_checked(parts: Sequence[Any], limits: Limits, known: dict[tuple, TensorSpec]) -> Decoded:
     """Decode any message with every check in order, raising the specific ProtocolError."""
     if not parts:
-        raise ProtocolError(PART_COUNT, "empty message; expected a header part")
+        raise ProtocolError(PART_COUNT, "empty message: no header part (on a ROUTER, an empty first part is read as "
+                            "a REQ socket's delimiter: a DEALER must not send one before the header)")
     sizes = [_buffer_len(p) for p in parts]
     total = sum(sizes)
     if total > limits.max_message_bytes:
