@@ -31,7 +31,7 @@ class Inbound:
     seq: int | None
     t_capture: int  # on this host's monotonic clock: the client's capture time, or the arrival time
     data: Any
-    meta: dict[str, Any]  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
+    meta: MappingProxyType  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
     request_id: Any
     client_stream: Any  # the stream as the client named it (echoed in replies)
     capture_known: bool  # the client sent a capture time on this host's clock (else t_capture is the arrival)
@@ -117,8 +117,8 @@ def decode_request(parts: list[Any], decoder: P.Decoder, t_recv: int, settings: 
     if peer is not None:
         meta["zmq.peer"] = peer
         meta["zmq.request_id"] = request_id
-    return Inbound(stream, seq, t_sent if capture_known else t_recv, data, meta, request_id, client_stream,
-                   capture_known)
+    return Inbound(stream, seq, t_sent if capture_known else t_recv, data, MappingProxyType(meta), request_id,
+                   client_stream, capture_known)
 
 
 def request_id_of(parts: list[Any], limits: P.Limits) -> Any:

@@ -19,7 +19,6 @@ import logging
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any, Iterator, Literal
 
 import zmq
@@ -38,7 +37,6 @@ _POLL_MS = 50  # how often a quiet source checks for stop requests and reply tim
 _BACKLOG_POLL_MS = 1  # how often a source with replies waiting for room retries them
 _INPROC = "inproc://costream-replies"  # answers from other threads (each source has its own context)
 _SEQ_STREAMS = 4096  # streams whose next default `seq` is remembered (clients that send no seq)
-_NO_META = MappingProxyType({})
 # Every counter a source reports, zeros included (`stats()`, the answer to a PING).
 COUNTERS = ("received", "accepted", "replies", "replies_delayed", "replies_unroutable", "replies_unread", "replies_late", "timeouts",
             "shutdown_unanswered", "shutdown_unsent", "node_failures", "no_output", "dropped_in_pipeline",
@@ -201,6 +199,7 @@ class ZmqSource(Source):
         latest = self.params.queue == "latest"
         timeout_s = self.params.reply_timeout_s
         pushed = requests.pushed if requests is not None else threading.Event()
+        open_requests = requests.open if requests is not None else {}  # read by this thread only
         if not latest:
             sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         if requests is not None:
@@ -210,8 +209,8 @@ class ZmqSource(Source):
                 if not latest and not pushed.is_set() and not (requests is not None and requests.waiting):
                     # Only the data socket to watch (nobody answers over inproc, no reply waits for room):
                     # a blocking receive bounded by RCVTIMEO, a few system calls less per request than polling.
-                    if requests is not None and len(requests):
-                        requests.expire(timeout_s)
+                    if open_requests:
+                        requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
                         parts = recv_parts(sock)
                     except zmq.Again:
@@ -231,7 +230,7 @@ class ZmqSource(Source):
                 if requests is not None:
                     if requests.waiting:
                         requests.flush()
-                    if len(requests):
+                    if open_requests:
                         requests.expire(timeout_s)
                 if not data:
                     continue
@@ -306,7 +305,7 @@ class ZmqSource(Source):
         seq = got.seq
         if seq is None:
             seq = self._default_seq(stream)
-        return Frame.trusted(stream, seq, got.t_capture, got.data, MappingProxyType(got.meta), (), ticket)
+        return Frame.trusted(stream, seq, got.t_capture, got.data, got.meta, (), ticket)
 
     def _default_seq(self, stream: str) -> int:
         """The next sequence number of a stream whose client sends none: one more than the last frame
