@@ -104,6 +104,9 @@ def default_client_name() -> str:
     return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
 
 
+_SEQ_STREAMS = 4096
+
+
 class _Encoder:
     """Request ids and per-stream sequence numbers, shared by both clients."""
 
@@ -119,9 +122,14 @@ class _Encoder:
         # (an ndarray is checked first: isinstance against the Mapping ABC costs ~1 us per request)
         if arrays.__class__ is np.ndarray or (arrays.__class__ is not dict and not isinstance(arrays, Mapping)):
             arrays = {"input": arrays}
+        # The next seq per stream, most recently used last (pop and re-insert), for at most _SEQ_STREAMS
+        # streams: a stream not used among the last that many starts again at 0 (the server sees a gap).
+        last = self._seq.pop(stream, 0)
         if seq is None:
-            seq = self._seq.get(stream, 0)
+            seq = last
         self._seq[stream] = seq + 1
+        if len(self._seq) > _SEQ_STREAMS:
+            del self._seq[next(iter(self._seq))]
         request_id = next(self._ids)
         single = arrays["input"] if len(arrays) == 1 and "input" in arrays else None
         if (single.__class__ is np.ndarray and encoding is None and single.size
