@@ -205,13 +205,13 @@ class Client:
                  timeout: float = 5.0, hwm: int = 64, limits: P.Limits | None = None, client: str | None = None,
                  max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self.endpoint = endpoint
-        self.timeout = timeout
         self.max_in_flight = _check_max_in_flight(max_in_flight)
         self._decoder = P.Decoder(limits)
         self.limits = self._decoder.limits
         self._enc = _Encoder(client)
         self._ctx = zmq.Context()
         self._sock = _socket(self._ctx, endpoint, curve, hwm, timeout)
+        self._timeout = timeout
         self._watch = HandshakeWatch(self._sock)
         self._early: dict[Any, Reply] = {}  # replies read before `recv` asked for them
         self._outstanding: dict[int, None] = {}  # sent and neither answered nor given up on, oldest first
@@ -221,6 +221,16 @@ class Client:
     def client(self) -> str:
         """This client's name in FRAME headers; the server's pipeline sees its streams as CLIENT/STREAM."""
         return self._enc.client
+
+    @property
+    def timeout(self) -> float:
+        """Seconds any wait may take: for a reply, for room among `max_in_flight`, to queue a request."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        self._sock.setsockopt(zmq.SNDTIMEO, max(0, int(seconds * 1000)))
+        self._timeout = seconds
 
     @property
     def in_flight(self) -> int:
