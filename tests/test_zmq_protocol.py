@@ -1,6 +1,7 @@
 """Wire protocol v1: encoding/decoding round trips and every malformed case with its error code."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -168,6 +169,7 @@ def test_fast_and_checked_decoding_agree_on_valid_messages(arrays):
     fast = P._decode_common(parts, limits, known)  # ... and remembers them in that decoder's memory
     assert fast is not None
     assert P._decode_common(parts, limits, {}) is None  # which is its own: nothing is shared between decoders
+    assert set(vars(limits)) == {f.name for f in dataclasses.fields(P.Limits)}  # the frozen Limits holds no cache
     assert fast[0] == checked[0] and fast[1] == checked[1] and fast[3] == checked[3]
     assert fast[2].keys() == checked[2].keys() == arrays.keys()
     for name, arr in arrays.items():

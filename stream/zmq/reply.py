@@ -94,8 +94,8 @@ def no_output_reply_parts(request_id: Any, stream: Any, seq: Any, node: str, fra
     unknown = _UNKNOWN_CAPTURE in frame.meta
     header = {"request_id": request_id, "stream": stream, "seq": seq,
               "t_capture_ns": frame.meta[_UNKNOWN_CAPTURE] if unknown else frame.t_capture,
-              "capture_clock": "unknown" if unknown else "server", "t_reply_ns": t_reply, "status": "ok", "error": None, "latency": latency,
-              "meta": {"no_output": node}, "tensors": []}
+              "capture_clock": "unknown" if unknown else "server", "t_reply_ns": t_reply, "status": "ok", "error": None,
+              "latency": latency, "meta": {"no_output": node}, "tensors": []}
     return [P.pack_header(P.MSG_RESULT, header, strict=False)]
 
 

@@ -38,9 +38,9 @@ _BACKLOG_POLL_MS = 1  # how often a source with replies waiting for room retries
 _INPROC = "inproc://costream-replies"  # answers from other threads (each source has its own context)
 _SEQ_STREAMS = 4096  # streams whose next default `seq` is remembered (clients that send no seq)
 # Every counter a source reports, zeros included (`stats()`, the answer to a PING).
-COUNTERS = ("received", "accepted", "replies", "replies_delayed", "replies_unroutable", "replies_unread", "replies_late", "timeouts",
-            "shutdown_unanswered", "shutdown_unsent", "node_failures", "no_output", "dropped_in_pipeline",
-            "dropped_latest", "refused_in_flight", "capture_time_unknown",
+COUNTERS = ("received", "accepted", "replies", "replies_delayed", "replies_unroutable", "replies_unread",
+            "replies_late", "timeouts", "shutdown_unanswered", "shutdown_unsent", "node_failures", "no_output",
+            "dropped_in_pipeline", "dropped_latest", "refused_in_flight", "capture_time_unknown",
             *(f"rejected.{code}" for code in P.MESSAGE_ERRORS))
 
 
@@ -123,7 +123,7 @@ class ZmqSource(Source):
         self._settings = InboundSettings(p.stream_scope == "client", p.unwrap_single, int(p.capture_window_s * 1e9))
         # CurveZMQ on a bound socket: each message carries its sender's authenticated name (ZAP User-Id)
         self._authenticated = p.curve_secret_key is not None and p.binds
-        self._next_seq_of: OrderedDict[str, int] = OrderedDict()  # bounded (_SEQ_STREAMS), see make_request_frame
+        self._next_seq_of: OrderedDict[str, int] = OrderedDict()  # bounded (_SEQ_STREAMS), see _default_seq
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -301,7 +301,7 @@ class ZmqSource(Source):
         if not got.capture_known and got.meta["zmq.t_capture_ns"] is not None:
             self._count("capture_time_unknown")
         self._accepted += 1
-        stream = got.stream
+        stream = got.stream if got.stream is not None else self.name  # `"stream": null`: the source's name
         seq = got.seq
         if seq is None:
             seq = self._default_seq(stream)
