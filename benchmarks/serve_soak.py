@@ -67,11 +67,15 @@ def sizes() -> dict:
             value = getattr(worker.metrics, name, None)
             if isinstance(value, array.array):
                 samples += len(value) * value.itemsize
+    # (read with defaults, so that the harness also measures older versions of the source)
+    decoder = getattr(source, "_decoder", None)
     return {"rss_bytes": rss(), "runtime_latency_sample_bytes": samples,
-            "open_requests": len(requests), "connections_holding_requests": len(requests._held),
-            "connections_with_waiting_replies": len(requests._backlog), "replies_waiting": requests.waiting,
-            "logged_connections": len(requests._logged), "default_seq_streams": len(source._next_seq_of),
-            "remembered_descriptors": len(source._decoder._specs), "counter_names": len(source.stats())}
+            "open_requests": len(requests), "connections_holding_requests": len(getattr(requests, "_held", ())),
+            "connections_with_waiting_replies": len(getattr(requests, "_backlog", ())),
+            "replies_waiting": getattr(requests, "waiting", 0), "logged_connections": len(getattr(requests, "_logged", ())),
+            "default_seq_streams": len(getattr(source, "_next_seq_of", source._next_seq)),
+            "remembered_descriptors": len(decoder._specs) if decoder is not None else -1,
+            "counter_names": len(source.stats())}
 
 print("ready", flush=True)
 for line in sys.stdin:
