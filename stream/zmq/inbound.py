@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream.zmq import protocol as P
 
 _NO_META = MappingProxyType({})  # default client meta
+_new = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,8 +24,7 @@ class InboundSettings:
     capture_window_ns: int  # a capture time at most this old on arrival is taken as on this host's clock
 
 
-@dataclass(slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One decoded FRAME message: what the frame will hold, and whom to answer (router mode)."""
 
     stream: str | None
@@ -35,19 +35,6 @@ class Inbound:
     request_id: Any
     client_stream: Any  # the stream as the client named it (echoed in replies)
     capture_known: bool  # the client sent a capture time on this host's clock (else t_capture is the arrival)
-
-
-def split_envelope(parts: list[Any]) -> tuple[bytes, bytes | None, list[Any]]:
-    """ROUTER messages: (peer id, REQ's empty delimiter or None, the message parts).
-
-    An empty first part is a REQ socket's delimiter: it is kept and sent back in front of the reply,
-    as REQ expects. A DEALER that sends an empty first part is read the same way (its reply then
-    starts with an empty part too)."""
-    peer = parts[0].bytes
-    parts = parts[1:]
-    if parts and len(parts[0]) == 0:
-        return peer, b"", parts[1:]
-    return peer, None, parts
 
 
 def peer_name(peer: bytes) -> str:
@@ -117,8 +104,9 @@ def decode_request(parts: list[Any], decoder: P.Decoder, t_recv: int, settings: 
     if peer is not None:
         meta["zmq.peer"] = peer
         meta["zmq.request_id"] = request_id
-    return Inbound(stream, seq, t_sent if capture_known else t_recv, data, MappingProxyType(meta), request_id,
-                   client_stream, capture_known)
+    # tuple.__new__: an Inbound without NamedTuple's Python-level __new__ (one is made per request)
+    return _new(Inbound, (stream, seq, t_sent if capture_known else t_recv, data, MappingProxyType(meta), request_id,
+                          client_stream, capture_known))
 
 
 def request_id_of(parts: list[Any], limits: P.Limits) -> Any:
@@ -130,5 +118,4 @@ def request_id_of(parts: list[Any], limits: P.Limits) -> Any:
     return rid if rid.__class__ is int or rid.__class__ is str else None
 
 
-__all__ = ["Inbound", "InboundSettings", "capture_on_this_host", "decode_request", "peer_name", "request_id_of",
-           "split_envelope"]
+__all__ = ["Inbound", "InboundSettings", "capture_on_this_host", "decode_request", "peer_name", "request_id_of"]
