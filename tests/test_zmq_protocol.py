@@ -1,6 +1,7 @@
 """Wire protocol v1: encoding/decoding round trips and every malformed case with its error code."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -162,11 +163,13 @@ def test_size_limits_are_checked(as_frames):
 ])
 def test_fast_and_checked_decoding_agree_on_valid_messages(arrays):
     parts = [zmq.Frame(p) for p in frame_parts(arrays, meta={"k": [1, 2]}, request_id=9)]
-    limits = P.Limits()
-    assert P._decode_common(parts, limits) is None  # descriptors never seen: the checked path decides
-    checked = P._decode_checked(parts, limits)
-    fast = P._decode_common(parts, limits)  # ... and remembers them for these limits
+    limits, known = P.Limits(), {}
+    assert P._decode_common(parts, limits, known) is None  # descriptors never seen: the checked path decides
+    checked = P._decode_checked(parts, limits, known)
+    fast = P._decode_common(parts, limits, known)  # ... and remembers them in that decoder's memory
     assert fast is not None
+    assert P._decode_common(parts, limits, {}) is None  # which is its own: nothing is shared between decoders
+    assert set(vars(limits)) == {f.name for f in dataclasses.fields(P.Limits)}  # the frozen Limits holds no cache
     assert fast[0] == checked[0] and fast[1] == checked[1] and fast[3] == checked[3]
     assert fast[2].keys() == checked[2].keys() == arrays.keys()
     for name, arr in arrays.items():
@@ -319,22 +322,24 @@ def test_cached_descriptors_never_let_a_lookalike_through(as_frames):
     # or a different limit must still meet the full checks.
     wrap_parts = (lambda parts: [zmq.Frame(p) for p in parts]) if as_frames else list
     good = wrap_parts([raw_header({"tensors": [tensor(shape=(2, 3), nbytes=6)]}), bytes(6)])
+    decoder = P.Decoder()  # one decoder for everything below: what it remembers is what lookalikes must not pass
     for _ in range(2):
-        assert P.decode(good).tensors["x"].shape == (2, 3)
+        assert decoder.decode(good).tensors["x"].shape == (2, 3)
     if as_frames:
-        assert P._decode_common(good, P.decode.__defaults__[0]) is not None  # remembered by the default limits
+        assert P._decode_common(good, decoder.limits, decoder._specs) is not None  # remembered by the decoder
     for shape, nbytes, code in (([2, 3.0], 6, P.MALFORMED_HEADER), ([True, 6], 6, P.MALFORMED_HEADER),
                                 ([2, 3], True, P.MALFORMED_HEADER), ([2, 3], 6.0, P.MALFORMED_HEADER)):
         bad = wrap_parts([raw_header({"tensors": [{**tensor(), "shape": shape, "nbytes": nbytes}]}), bytes(6)])
         with pytest.raises(P.ProtocolError) as err:
-            P.decode(bad)
+            decoder.decode(bad)
         assert err.value.code == code, (shape, nbytes)
     with pytest.raises(P.ProtocolError) as err:
-        P.decode(good, P.Limits(max_tensor_bytes=5))
+        P.Decoder(P.Limits(max_tensor_bytes=5)).decode(good)
     assert err.value.code == P.TENSOR_TOO_LARGE
     with pytest.raises(P.ProtocolError) as err:  # the same descriptor at another index names that index
-        P.decode(wrap_parts([raw_header({"tensors": [tensor(name="a"), tensor(shape=(2, 3), nbytes=6, dtype="bogus")]}),
-                             bytes(6), bytes(6)]))
+        decoder.decode(wrap_parts([raw_header({"tensors": [tensor(name="a"), tensor(shape=(2, 3), nbytes=6,
+                                                                                     dtype="bogus")]}),
+                                   bytes(6), bytes(6)]))
     assert "tensors[1]" in err.value.message
 
 

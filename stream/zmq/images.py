@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.zmq.wire import BAD_SHAPE, DECODE_FAILED, TENSOR_TOO_LARGE, Limits, ProtocolError, TensorSpec
+from stream.zmq.wire import BAD_DTYPE, BAD_SHAPE, DECODE_FAILED, TENSOR_TOO_LARGE, Limits, ProtocolError, TensorSpec
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -26,13 +26,14 @@ def encode_image(arr: np.ndarray, encoding: str, quality: int = 90) -> bytes:
     return buf.tobytes()
 
 
-def image_size(data: memoryview, encoding: str) -> tuple[int, int]:
-    """(height, width) read from a JPEG SOF segment or the PNG IHDR chunk, without decoding."""
+def image_size(data: memoryview, encoding: str) -> tuple[int, int, int]:
+    """(height, width, bits per sample) read from a JPEG SOF segment or the PNG IHDR chunk, without
+    decoding."""
     b = bytes(data[:65536]) if encoding == "jpeg" else bytes(data[:32])
     if encoding == "png":
         if len(b) < 24 or b[:8] != _PNG_SIGNATURE or b[12:16] != b"IHDR":
             raise ProtocolError(DECODE_FAILED, "payload is not a PNG file (signature/IHDR missing)")
-        return int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big")
+        return int.from_bytes(b[20:24], "big"), int.from_bytes(b[16:20], "big"), b[24]
     if len(b) < 4 or b[:2] != b"\xff\xd8":
         raise ProtocolError(DECODE_FAILED, "payload is not a JPEG file (SOI marker missing)")
     i = 2
@@ -48,7 +49,7 @@ def image_size(data: memoryview, encoding: str) -> tuple[int, int]:
             continue
         length = int.from_bytes(b[i + 2:i + 4], "big")
         if marker in _JPEG_SOF and i + 9 <= len(b):
-            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big")
+            return int.from_bytes(b[i + 5:i + 7], "big"), int.from_bytes(b[i + 7:i + 9], "big"), b[i + 4]
         if marker == 0xDA:
             break
         i += 2 + length
@@ -60,7 +61,11 @@ def decode_image(data: Any, spec: TensorSpec, limits: Limits) -> np.ndarray:
     import cv2
 
     view = memoryview(data)
-    height, width = image_size(view, spec.encoding)
+    height, width, bits = image_size(view, spec.encoding)
+    decodes_to = "uint16" if bits == 16 else "uint8"  # OpenCV: 16-bit PNGs to uint16, the rest to uint8
+    if decodes_to != spec.dtype:
+        raise ProtocolError(BAD_DTYPE, f"tensor {spec.name!r}: declared dtype {spec.dtype} but the {spec.encoding} "
+                            f"image has {bits}-bit samples and decodes to {decodes_to}; declare dtype {decodes_to}")
     channels = spec.shape[2] if len(spec.shape) == 3 else 1
     if len(spec.shape) not in (2, 3) or (height, width) != tuple(spec.shape[:2]):
         raise ProtocolError(BAD_SHAPE, f"tensor {spec.name!r}: declared shape {list(spec.shape)} but the "
@@ -73,8 +78,11 @@ def decode_image(data: Any, spec: TensorSpec, limits: Limits) -> np.ndarray:
         raise ProtocolError(DECODE_FAILED, f"tensor {spec.name!r}: OpenCV could not decode the {spec.encoding} data")
     if arr.ndim == 2 and len(spec.shape) == 3 and spec.shape[2] == 1:
         arr = arr[:, :, None]
-    if tuple(arr.shape) != spec.shape or arr.dtype.name != spec.dtype:
-        raise ProtocolError(BAD_SHAPE, f"tensor {spec.name!r}: declared {spec.dtype}{list(spec.shape)} but the "
-                            f"image decodes to {arr.dtype}{list(arr.shape)}")
+    if arr.dtype.name != spec.dtype:
+        raise ProtocolError(BAD_DTYPE, f"tensor {spec.name!r}: declared dtype {spec.dtype} but the image decodes to "
+                            f"{arr.dtype}; declare dtype {arr.dtype}")
+    if tuple(arr.shape) != spec.shape:
+        raise ProtocolError(BAD_SHAPE, f"tensor {spec.name!r}: declared shape {list(spec.shape)} but the image "
+                            f"decodes to {list(arr.shape)} (channels: 1, 3 or 4 as stored in the file)")
     arr.setflags(write=False)
     return arr

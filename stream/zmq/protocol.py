@@ -25,8 +25,8 @@ import numpy as np
 import zmq
 
 from stream.zmq.wire import (  # noqa: F401  (re-exported: `protocol.ProtocolError`, `protocol.TIMEOUT`, ...)
-    BAD_DTYPE, BAD_ENCODING, BAD_MAGIC, BAD_SHAPE, BAD_TYPE, DECODE_FAILED, MALFORMED_HEADER, MESSAGE_TOO_LARGE,
-    NODE_FAILED, OVERLOADED, PART_COUNT, SHUTTING_DOWN, SIZE_MISMATCH, TENSOR_TOO_LARGE, TIMEOUT,
+    BAD_DTYPE, BAD_ENCODING, BAD_MAGIC, BAD_SHAPE, BAD_TYPE, DECODE_FAILED, MALFORMED_HEADER, MESSAGE_ERRORS,
+    MESSAGE_TOO_LARGE, NODE_FAILED, OVERLOADED, PART_COUNT, SHUTTING_DOWN, SIZE_MISMATCH, TENSOR_TOO_LARGE, TIMEOUT,
     UNSUPPORTED_VERSION, Limits, ProtocolError, TensorSpec,
 )
 
@@ -209,7 +209,10 @@ def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
     if len(part0) > limits.max_header_bytes:
         raise ProtocolError(MESSAGE_TOO_LARGE, f"header is {len(part0)} bytes; the limit is "
                             f"{limits.max_header_bytes} (max_header_bytes)")
-    if len(part0) < PREFIX.size or part0[:4] != MAGIC:
+    if len(part0) < PREFIX.size and MAGIC.startswith(bytes(part0[:4])):
+        raise ProtocolError(BAD_MAGIC, f"part 0 is {len(part0)} bytes, shorter than the {PREFIX.size}-byte prefix "
+                            "(magic, version, message type, 2 reserved bytes) that every header starts with")
+    if part0[:4] != MAGIC:
         raise ProtocolError(BAD_MAGIC, f"part 0 must start with the magic {MAGIC!r}; got {bytes(part0[:4])!r} "
                             "(is the peer speaking the costream protocol? see docs/zmq-protocol.md)")
     _, version, msg_type, _ = PREFIX.unpack_from(part0)
@@ -232,15 +235,22 @@ def parse_prefix(part0: bytes, limits: Limits) -> tuple[int, dict[str, Any]]:
     return msg_type, header
 
 
+_REQUIRED_FIELDS = ("dtype", "shape", "nbytes")
+
+
 def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
     """Validate one tensor descriptor, including overflow-safe size arithmetic (Python ints)."""
     if not isinstance(item, dict):
         raise ProtocolError(MALFORMED_HEADER, f"tensors[{index}] must be an object, got {item!r}")
+    missing = [key for key in _REQUIRED_FIELDS if key not in item]
+    if missing:
+        raise ProtocolError(MALFORMED_HEADER, f"tensors[{index}] has no {', '.join(map(repr, missing))}; a tensor "
+                            "descriptor needs dtype, shape and nbytes (name and encoding are optional)")
     name = item.get("name", f"t{index}")
-    dtype = item.get("dtype")
+    dtype = item["dtype"]
     encoding = item.get("encoding", "raw")
-    shape = item.get("shape")
-    nbytes = _check_int(item.get("nbytes"), f"tensors[{index}].nbytes")
+    shape = item["shape"]
+    nbytes = _check_int(item["nbytes"], f"tensors[{index}].nbytes")
     if not isinstance(name, str):
         raise ProtocolError(MALFORMED_HEADER, f"tensors[{index}].name must be a string, got {name!r}")
     if dtype not in DTYPES:
@@ -256,14 +266,17 @@ def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
         raise ProtocolError(BAD_SHAPE, f"tensors[{index}] ({name!r}) has {len(shape)} dimensions; the limit "
                             f"is {limits.max_dims} (max_dims)")
     elements = 1
-    for dim in shape:
+    spread = 1  # the product of the dimensions with zeros counted as 1: a tensor with no elements
+    for dim in shape:  # still may not declare dimensions no tensor within the limits could have
         dim = _check_int(dim, f"tensors[{index}].shape entry")
         if dim < 0:
             raise ProtocolError(BAD_SHAPE, f"tensors[{index}] ({name!r}) has a negative dimension in {shape}")
         elements *= dim  # Python ints do not overflow; checked against the limit right after
-        if elements > limits.max_elements:
+        spread *= dim or 1
+        if spread > limits.max_elements:
             raise ProtocolError(TENSOR_TOO_LARGE, f"tensors[{index}] ({name!r}) shape {shape} exceeds "
-                                f"max_elements={limits.max_elements}")
+                                f"max_elements={limits.max_elements}" + (" (dimensions of a tensor with no "
+                                "elements count as well)" if elements == 0 else ""))
     raw_bytes = elements * DTYPES[dtype].itemsize
     if raw_bytes > limits.max_tensor_bytes or nbytes > limits.max_tensor_bytes:
         raise ProtocolError(TENSOR_TOO_LARGE, f"tensors[{index}] ({name!r}) needs {max(raw_bytes, nbytes)} "
@@ -279,6 +292,36 @@ def _tensor_spec(item: Any, index: int, limits: Limits) -> TensorSpec:
 
 _SPEC_CACHE_SIZE = 256
 _INT_ONLY = {int}
+Decoded = tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]
+
+
+class Decoder:
+    """Decodes messages against one set of `Limits`, remembering the descriptors it has checked.
+
+    A stream of messages repeats the same few descriptors: once one has passed the full checks, its
+    next occurrences are a dict lookup on their exact fields (`_decode_common`). The memory is this
+    decoder's own (a source or a client holds one), bounded, and never holds an error.
+    """
+
+    __slots__ = ("limits", "_specs")
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = Limits() if limits is None else limits
+        self._specs: dict[tuple, TensorSpec] = {}
+
+    def decode(self, parts: Sequence[Any]) -> Message:
+        """Decode a multipart message (bytes or zmq.Frame parts) after checking every limit."""
+        return Message(*self.decode_fields(parts))
+
+    def decode_fields(self, parts: Sequence[Any]) -> Decoded:
+        """`decode` as a plain (msg_type, header, tensors, specs) tuple, for the per-message hot paths."""
+        decoded = _decode_common(parts, self.limits, self._specs)
+        return decoded if decoded is not None else _decode_checked(parts, self.limits, self._specs)
+
+
+def decode(parts: Sequence[Any], limits: Limits | None = None) -> Message:
+    """Decode one message with a decoder of its own (code that decodes many holds a `Decoder`)."""
+    return Decoder(limits).decode(parts)
 
 
 def _spec_key(item: dict, limits: Limits) -> tuple | None:
@@ -296,43 +339,25 @@ def _spec_key(item: dict, limits: Limits) -> tuple | None:
     return None
 
 
-def _remember(key: tuple | None, index: int, spec: TensorSpec, limits: Limits) -> TensorSpec:
-    if key is not None:
-        cache = limits._specs
-        if len(cache) >= _SPEC_CACHE_SIZE:
-            cache.clear()
-        cache[key + (index,)] = spec
+def _spec(item: Any, index: int, limits: Limits, known: dict[tuple, TensorSpec]) -> TensorSpec:
+    """The validated spec of one descriptor, remembered in `known` for exact-typed descriptors."""
+    key = _spec_key(item, limits) if item.__class__ is dict else None
+    if key is None:
+        return _tensor_spec(item, index, limits)
+    spec = known.get(key + (index,))
+    if spec is None:
+        spec = _tensor_spec(item, index, limits)  # raises for a bad one: errors are never remembered
+        if len(known) >= _SPEC_CACHE_SIZE:
+            known.clear()
+        known[key + (index,)] = spec
     return spec
 
 
-def _spec(item: Any, index: int, limits: Limits) -> TensorSpec:
-    """The validated spec of one descriptor, remembered per Limits for exact-typed descriptors."""
-    key = _spec_key(item, limits) if item.__class__ is dict else None
-    if key is not None:
-        spec = limits._specs.get(key + (index,))
-        if spec is not None:
-            return spec
-    return _remember(key, index, _tensor_spec(item, index, limits), limits)
-
-
-def decode(parts: Sequence[Any], limits: Limits = Limits()) -> Message:
-    """Decode a multipart message (bytes or zmq.Frame parts) after checking every limit."""
-    return Message(*decode_fields(parts, limits))
-
-
-def decode_fields(parts: Sequence[Any], limits: Limits = Limits()
-                  ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]:
-    """`decode` as a plain (msg_type, header, tensors, specs) tuple, for the per-message hot paths."""
-    decoded = _decode_common(parts, limits)
-    return decoded if decoded is not None else _decode_checked(parts, limits)
-
-
-def _decode_common(parts: Sequence[Any], limits: Limits
-                   ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]] | None:
+def _decode_common(parts: Sequence[Any], limits: Limits, known: dict[tuple, TensorSpec]) -> Decoded | None:
     """The usual message in one function (a round trip runs this code cold, so fewer calls pay):
-    zmq.Frame parts, a valid prefix, raw tensors whose exact-typed descriptors were checked before.
-    Every limit is still enforced here; anything unusual returns None and `_decode_checked` decides,
-    with its error messages."""
+    zmq.Frame parts, a valid prefix, raw tensors whose exact-typed descriptors were checked before
+    (`known`). Every limit is still enforced here; anything unusual returns None and `_decode_checked`
+    decides, with its error messages."""
     n = len(parts)
     if n == 0 or n > limits.max_tensors + 1:
         return None
@@ -352,15 +377,14 @@ def _decode_common(parts: Sequence[Any], limits: Limits
         return None
     if header.__class__ is not dict:
         return None
-    items = header.get("tensors", _NO_TENSORS)
+    items = header.get("tensors")
     if items.__class__ is not list or len(items) != n - 1:
         return None
     specs = []
     tensors: dict[str, np.ndarray] = {}
-    known = limits._specs
     for i, item in enumerate(items):
-        # Only descriptors checked before (cached by `_decode_checked`) and raw: a dict lookup on their
-        # exact fields (a shape of ints, no bools) is the whole check.
+        # Only descriptors checked before (remembered by `_decode_checked`) and raw: a dict lookup on
+        # their exact fields (a shape of ints, no bools) is the whole check.
         if item.__class__ is not dict:
             return None
         shape = item.get("shape")
@@ -380,14 +404,11 @@ def _decode_common(parts: Sequence[Any], limits: Limits
     return msg_type, header, tensors, tuple(specs)
 
 
-_NO_TENSORS: list = []
-
-
-def _decode_checked(parts: Sequence[Any], limits: Limits
-                    ) -> tuple[int, dict[str, Any], dict[str, np.ndarray], tuple[TensorSpec, ...]]:
+def _decode_checked(parts: Sequence[Any], limits: Limits, known: dict[tuple, TensorSpec]) -> Decoded:
     """Decode any message with every check in order, raising the specific ProtocolError."""
     if not parts:
-        raise ProtocolError(PART_COUNT, "empty message; expected a header part")
+        raise ProtocolError(PART_COUNT, "empty message: no header part (on a ROUTER, an empty first part is read as "
+                            "a REQ socket's delimiter: a DEALER must not send one before the header)")
     sizes = [_buffer_len(p) for p in parts]
     total = sum(sizes)
     if total > limits.max_message_bytes:
@@ -396,7 +417,12 @@ def _decode_checked(parts: Sequence[Any], limits: Limits
     part0 = parts[0]
     part0 = part0.bytes if part0.__class__ is _FRAME else bytes(part0)
     msg_type, header = parse_prefix(part0, limits)
-    items = header.get("tensors", [])
+    items = header.get("tensors")
+    if items is None:
+        if msg_type != MSG_PING:
+            raise ProtocolError(MALFORMED_HEADER, f"a {MSG_TYPES[msg_type]} header needs 'tensors', a list of tensor "
+                                "descriptors (an empty list for none)")
+        items = []
     if items.__class__ is not list:
         raise ProtocolError(MALFORMED_HEADER, f"'tensors' must be a list, got {type(items).__name__}")
     if len(items) > limits.max_tensors:
@@ -404,7 +430,7 @@ def _decode_checked(parts: Sequence[Any], limits: Limits
     if len(parts) != 1 + len(items):
         raise ProtocolError(PART_COUNT, f"header lists {len(items)} tensors, so the message needs "
                             f"{1 + len(items)} parts; got {len(parts)}")
-    specs = tuple([_spec(item, i, limits) for i, item in enumerate(items)])
+    specs = tuple([_spec(item, i, limits, known) for i, item in enumerate(items)])
     if len(specs) > 1:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):

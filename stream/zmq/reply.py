@@ -12,14 +12,22 @@ from stream.zmq import protocol as P
 _COPY_THRESHOLD = 64 * 1024  # below this pyzmq copies anyway; above it we send zero-copy
 
 
+_UNKNOWN_CAPTURE = "zmq.t_capture_ns"  # meta key of a capture time not on this host's clock, as the client sent it
+
+
 def stage_latency_ms(frame: Frame, t_reply: int) -> dict[str, float]:
     """Per-stage latency from the frame trace: each stamp minus the one before (the first minus the
-    capture time), plus `reply` (last stamp to reply) and `total` (capture to reply), in ms."""
+    capture time), plus `reply` (last stamp to reply) and `total` (capture to reply), in ms.
+
+    A frame whose client sent no capture time on this host's clock starts at its arrival: it has no
+    `receive` stage, and its `total` is arrival to reply."""
     latency: dict[str, float] = {}
     prev = t_capture = frame.t_capture
-    t_recv = frame.meta.get("zmq.t_recv_ns")
+    meta = frame.meta
+    t_recv = meta.get("zmq.t_recv_ns")
     if t_recv.__class__ is int or isinstance(t_recv, int):
-        latency["receive"] = (t_recv - prev) / 1e6
+        if _UNKNOWN_CAPTURE not in meta:
+            latency["receive"] = (t_recv - prev) / 1e6
         prev = t_recv
     for node, t in frame.trace:
         latency[node] = (t - prev) / 1e6
@@ -52,11 +60,13 @@ def result_parts(frame: Frame, encodings: Mapping[str, str] | None = None, quali
     else:
         descriptors, buffers = P.encode_tensors(frame_arrays(frame), encodings, quality)
     t_reply = now_ns()
+    unknown = _UNKNOWN_CAPTURE in meta
     header = {
         "request_id": meta.get("zmq.request_id"),
         "stream": meta.get("zmq.stream", frame.stream),  # the client's name for a client-scoped stream
         "seq": frame.seq,
-        "t_capture_ns": frame.t_capture,
+        "t_capture_ns": meta[_UNKNOWN_CAPTURE] if unknown else frame.t_capture,  # as the client sent it
+        "capture_clock": "unknown" if unknown else "server",
         "t_reply_ns": t_reply,
         "status": "ok",
         "error": None,
@@ -81,14 +91,16 @@ def no_output_reply_parts(request_id: Any, stream: Any, seq: Any, node: str, fra
     e.g. a continual model filling its receptive field); `meta.no_output` names the node."""
     t_reply = now_ns()
     latency = stage_latency_ms(frame.stamped(node, t_reply), t_reply)  # the node's stage ends now
-    header = {"request_id": request_id, "stream": stream, "seq": seq, "t_capture_ns": frame.t_capture,
-              "t_reply_ns": t_reply, "status": "ok", "error": None, "latency": latency,
-              "meta": {"no_output": node}, "tensors": []}
+    unknown = _UNKNOWN_CAPTURE in frame.meta
+    header = {"request_id": request_id, "stream": stream, "seq": seq,
+              "t_capture_ns": frame.meta[_UNKNOWN_CAPTURE] if unknown else frame.t_capture,
+              "capture_clock": "unknown" if unknown else "server", "t_reply_ns": t_reply, "status": "ok", "error": None,
+              "latency": latency, "meta": {"no_output": node}, "tensors": []}
     return [P.pack_header(P.MSG_RESULT, header, strict=False)]
 
 
 def stats_reply_parts(request_id: Any, stats: Mapping[str, int]) -> list[bytes]:
-    """The answer to a PING: status ok and the source's counters."""
+    """The answer to a PING: status ok and the source's counters (every one, zeros included)."""
     header = {"request_id": request_id, "t_reply_ns": now_ns(), "status": "ok", "error": None,
               "latency": {}, "meta": {}, "stats": dict(stats), "tensors": []}
     return [P.pack_header(P.MSG_RESULT, header, strict=False)]

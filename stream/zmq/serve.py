@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-message-bytes", type=int, default=None, help="largest accepted message")
     parser.add_argument("--max-tensor-bytes", type=int, default=None, help="largest accepted tensor")
     parser.add_argument("--reply-timeout", type=float, default=None, help="seconds before a `timeout` error reply")
+    parser.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                        help="requests one client connection may have unanswered (default 128); more are answered "
+                        "`overloaded` at once")
     parser.add_argument("--queue", choices=("bounded", "latest"), default=None,
                         help="latest: keep only the newest waiting request per client and stream")
     parser.add_argument("--stream-scope", choices=("client", "shared"), default=None,
@@ -68,7 +71,7 @@ def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for arg, field in (("endpoint", "endpoint"), ("curve_secret_key", "curve_secret_key"),
                        ("curve_clients_dir", "curve_clients_dir"), ("max_message_bytes", "max_message_bytes"),
                        ("max_tensor_bytes", "max_tensor_bytes"), ("reply_timeout", "reply_timeout_s"),
-                       ("queue", "queue"), ("stream_scope", "stream_scope")):
+                       ("queue", "queue"), ("stream_scope", "stream_scope"), ("max_in_flight", "max_in_flight")):
         value = getattr(args, arg, None)
         if value is not None:
             changes[field] = value

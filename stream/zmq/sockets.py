@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import zmq
 import zmq.auth
+import zmq.utils.z85
 from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("costream.zmq")
@@ -73,11 +74,38 @@ def _load_pair(path: str) -> tuple[bytes, bytes]:
     return public, secret
 
 
+class KeyNameAuthenticator(ThreadAuthenticator):
+    """ZAP handler that names each accepted client after its public key file (`robot7` for
+    `robot7.key`): the ZAP User-Id that every message from that client then carries
+    (`zmq.Frame.get("User-Id")`), which a router source scopes streams by. A key the handler cannot
+    name (not among the files) is named by its Z85 text, as pyzmq does."""
+
+    def __init__(self, context: zmq.Context, names: dict[bytes, str]) -> None:
+        super().__init__(context, log=logging.getLogger("costream.zmq.auth"))
+        self.names = names
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        z85 = zmq.utils.z85.encode(client_public_key)
+        return self.names.get(z85) or z85.decode("ascii")
+
+
+def client_key_names(clients_dir: str | Path) -> dict[bytes, str]:
+    """Z85 public key -> the name of its `NAME.key` file, for every key in `clients_dir` (the first
+    file name in sorted order when one key is in several files)."""
+    names: dict[bytes, str] = {}
+    for path in sorted(Path(clients_dir).glob("*.key")):
+        public, _ = zmq.auth.load_certificate(str(path))
+        if public:
+            names.setdefault(public, path.name[:-len(".key")])
+    return names
+
+
 def start_authenticator(context: zmq.Context, curve: CurveServer) -> ThreadAuthenticator:
-    """A ZAP handler on `context` that accepts only clients whose public key is in `clients_dir`."""
+    """A ZAP handler on `context` that accepts only clients whose public key is in `clients_dir`, and
+    names each by its key file (`KeyNameAuthenticator`)."""
     if not Path(curve.clients_dir).is_dir():
         raise ValueError(f"curve clients_dir {curve.clients_dir!r} is not a directory of client public keys")
-    auth = ThreadAuthenticator(context, log=logging.getLogger("costream.zmq.auth"))
+    auth = KeyNameAuthenticator(context, client_key_names(curve.clients_dir))
     auth.start()
     auth.configure_curve(domain="*", location=curve.clients_dir)
     return auth
@@ -166,3 +194,45 @@ def open_socket(context: zmq.Context, socket_type: int, endpoint: str, *, bind: 
         sock.close(linger=0)
         raise
     return sock
+
+
+_HANDSHAKE_EVENTS = {
+    zmq.EVENT_HANDSHAKE_SUCCEEDED: None,
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "the server refused this client's CurveZMQ key (its public key is not in the "
+                                     "server's clients directory, or the server key given here is not the server's)",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the handshake with the server failed: one side uses CurveZMQ and the other "
+                                         "does not, or the keys do not match",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake with the server failed: one side uses CurveZMQ and the other "
+                                          "does not, or the keys do not match",
+}
+
+
+class HandshakeWatch:
+    """Why a connecting socket gets no answers: the outcome of its last handshake, from a ZeroMQ
+    monitor (a refused CurveZMQ key looks, to the sender, like a server that never answers: the
+    messages queue up and, once `hwm` are queued, sending blocks)."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._pair = sock.get_monitor_socket(sum(_HANDSHAKE_EVENTS))
+        self._monitor = zmq.Socket.shadow(self._pair.underlying)  # read blocking-style, also for asyncio sockets
+        self._sock = sock
+        self.problem: str | None = None
+
+    def explain(self) -> str:
+        """The last handshake failure (empty when none was seen)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.problem = _HANDSHAKE_EVENTS.get(event["event"], self.problem)
+        return self.problem or ""
+
+    def close(self) -> None:
+        try:
+            self._sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._pair.close(linger=0)

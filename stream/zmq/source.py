@@ -5,13 +5,19 @@ accepted request gets a completion ticket on its frame (`stream.zmq.requests`): 
 mode answers it with the result, the runtime with an early error or "no output", and this thread
 answers what nobody did within `reply_timeout_s` with a `timeout` error. Malformed messages get an
 error reply (router) or are counted (sub/pull); the source keeps serving. Decoding a message into a
-frame is `stream.zmq.inbound`.
+frame is `stream.zmq.inbound`; the replies' way back, with the in-flight limit per connection and the
+replies that wait for room, is `stream.zmq.requests`.
+
+Every structure here that grows with traffic is bounded: the open requests (per connection by
+`max_in_flight`, and each answered or timed out), the replies waiting for room (by the same limit),
+the per-stream sequence counters for clients that send no `seq` (the most recently used
+`_SEQ_STREAMS` streams), and the counters (a fixed set of names).
 """
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
@@ -21,7 +27,7 @@ from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
 from stream.ports import ANY
 from stream.zmq import protocol as P
-from stream.zmq.inbound import Inbound, decode_request, request_id_of
+from stream.zmq.inbound import Inbound, InboundSettings, decode_request, request_id_of
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
 from stream.zmq.requests import PendingRequests, counter_sink
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, start_authenticator
@@ -29,7 +35,14 @@ from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts
 log = logging.getLogger("costream.zmq")
 _SOCKET_TYPES = {"sub": zmq.SUB, "pull": zmq.PULL, "router": zmq.ROUTER}
 _POLL_MS = 50  # how often a quiet source checks for stop requests and reply timeouts
+_BACKLOG_POLL_MS = 1  # how often a source with replies waiting for room retries them
 _INPROC = "inproc://costream-replies"  # answers from other threads (each source has its own context)
+_SEQ_STREAMS = 4096  # streams whose next default `seq` is remembered (clients that send no seq)
+# Every counter a source reports, zeros included (`stats()`, the answer to a PING).
+COUNTERS = ("received", "accepted", "replies", "replies_delayed", "replies_unroutable", "replies_unread",
+            "replies_late", "timeouts", "shutdown_unanswered", "shutdown_unsent", "node_failures", "no_output",
+            "dropped_in_pipeline", "dropped_latest", "refused_in_flight", "capture_time_unknown",
+            *(f"rejected.{code}" for code in P.MESSAGE_ERRORS))
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,11 @@ class ZmqSourceParams:
     # peer), so robots that name their cameras alike never share continual state; shared: "STREAM" as sent
     stream_scope: Literal["client", "shared"] = "client"
     reply_timeout_s: float = 5.0  # router: error reply `timeout` when the pipeline produced no reply
+    # router: accepted requests per client connection not yet answered; more are answered `overloaded`
+    max_in_flight: int = 128
+    # a client's t_capture_ns at most this old on arrival is taken as this host's monotonic clock (latency
+    # from capture); older, 0, or in the future: echoed as sent, latency counted from the arrival
+    capture_window_s: float = 10.0
     shutdown_grace_s: float = 2.0  # router: on stop, wait this long for replies to accepted requests
     max_message_bytes: int = 64 * 1024 * 1024  # larger messages get `message_too_large`
     max_tensor_bytes: int = 48 * 1024 * 1024  # larger tensors get `tensor_too_large`
@@ -60,6 +78,10 @@ class ZmqSourceParams:
             raise ValueError(f"hwm must be >= 1, got {self.hwm}")
         if self.stream_scope not in ("client", "shared"):
             raise ValueError(f"stream_scope must be 'client' or 'shared', got {self.stream_scope!r}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.capture_window_s <= 0:
+            raise ValueError(f"capture_window_s must be positive, got {self.capture_window_s}")
         if self.reply_timeout_s <= 0 or self.shutdown_grace_s < 0:
             raise ValueError(f"reply_timeout_s must be positive and shutdown_grace_s >= 0, got "
                              f"{self.reply_timeout_s} and {self.shutdown_grace_s}")
@@ -98,9 +120,13 @@ class ZmqSource(Source):
         self._sock: zmq.Socket | None = None
         self._requests: PendingRequests | None = None
         self._auth = None
-        self._limits: P.Limits = self.params.limits  # built once, not per message
-        self._unwrap_single = self.params.unwrap_single
-        self._scoped = self.params.stream_scope == "client"
+        p: ZmqSourceParams = self.params
+        self._limits: P.Limits = p.limits  # built once, not per message
+        self._decoder = P.Decoder(self._limits)  # remembers the descriptors it checked: this source's own
+        self._settings = InboundSettings(p.stream_scope == "client", p.unwrap_single, int(p.capture_window_s * 1e9))
+        # CurveZMQ on a bound socket: each message carries its sender's authenticated name (ZAP User-Id)
+        self._authenticated = p.curve_secret_key is not None and p.binds
+        self._next_seq_of: OrderedDict[str, int] = OrderedDict()  # bounded (_SEQ_STREAMS), see _default_seq
 
     # lifecycle -------------------------------------------------------------------------------------
     def setup(self, context: NodeContext) -> None:
@@ -120,7 +146,7 @@ class ZmqSource(Source):
                                      curve_server=curve_server, curve_client=curve_client)
             if p.socket == "router":
                 self._requests = PendingRequests(self.name, self._ctx, self._sock, _INPROC,
-                                                 int(p.reply_timeout_s * 1e9), self._count)
+                                                 int(p.reply_timeout_s * 1e9), p.max_in_flight, self._count)
         except Exception:
             self.teardown()
             raise
@@ -152,13 +178,16 @@ class ZmqSource(Source):
             log.info("%s: %s", self.name, stats)
 
     def stats(self) -> dict[str, int]:
-        """Counters (received, accepted, rejected.<code>, dropped_latest, replies, ...); thread-safe."""
+        """Every counter of `COUNTERS` (zeros too, so a client can read any of them), plus `in_flight`
+        (requests open now) and `replies_waiting` (replies waiting for room); thread-safe."""
+        stats = dict.fromkeys(COUNTERS, 0)
         with self._lock:
-            stats = dict(self.counters)
-        replied = self._requests.replied if self._requests is not None else 0
-        for key, value in (("received", self._received), ("accepted", self._accepted), ("replies", replied)):
-            if value:
-                stats[key] = value
+            stats.update(self.counters)
+        requests = self._requests
+        stats["received"], stats["accepted"] = self._received, self._accepted
+        stats["replies"] = requests.replied if requests is not None else 0
+        stats["in_flight"] = len(requests) if requests is not None else 0
+        stats["replies_waiting"] = requests.waiting if requests is not None else 0
         return stats
 
     # the loop --------------------------------------------------------------------------------------
@@ -180,9 +209,9 @@ class ZmqSource(Source):
             requests.own(threading.get_ident())
         try:
             while not stop.is_set():
-                if not latest and not pushed.is_set():
-                    # Only the data socket to watch (nobody answers over inproc): a blocking receive bounded
-                    # by RCVTIMEO, a few system calls less per request than polling.
+                if not latest and not pushed.is_set() and not (requests is not None and requests.waiting):
+                    # Only the data socket to watch (nobody answers over inproc, no reply waits for room):
+                    # a blocking receive bounded by RCVTIMEO, a few system calls less per request than polling.
                     if open_requests:
                         requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
@@ -193,15 +222,19 @@ class ZmqSource(Source):
                     if frame is not None:
                         yield frame
                     continue
-                ready = poll(items, _POLL_MS)
+                waiting = requests is not None and requests.waiting
+                ready = poll(items, _BACKLOG_POLL_MS if waiting else _POLL_MS)
                 data = False
                 for polled, _ in ready:
                     if polled is sock:
                         data = True
                     else:
                         requests.forward()  # type: ignore[union-attr]
-                if open_requests:
-                    requests.expire(timeout_s)  # type: ignore[union-attr]
+                if requests is not None:
+                    if requests.waiting:
+                        requests.flush()
+                    if open_requests:
+                        requests.expire(timeout_s)
                 if not data:
                     continue
                 if latest:
@@ -242,17 +275,18 @@ class ZmqSource(Source):
         """Decode one message into a Frame, or answer/count the error and return None."""
         self._received += 1
         requests = self._requests
-        peer = envelope = None
+        peer = envelope = identity = None
+        if self._authenticated:  # the name of the key its sender authenticated with (sockets.start_authenticator)
+            identity = parts[0].get("User-Id")
         if requests is not None:  # ROUTER: the peer id, then a REQ client's empty delimiter (kept for the reply)
             peer = parts[0].bytes
             parts = parts[1:]
-            if parts and len(parts[0]) == 0:
+            if parts and len(parts[0]) == 0:  # (a DEALER's empty first part is read the same way)
                 envelope = b""
                 parts = parts[1:]
         t_recv = now_ns()
         try:
-            got = decode_request(parts, self._limits, t_recv, scoped=self._scoped, unwrap_single=self._unwrap_single,
-                                 peer=peer)
+            got = decode_request(parts, self._decoder, t_recv, self._settings, peer=peer, identity=identity)
         except P.ProtocolError as exc:
             self._count(f"rejected.{exc.code}")
             if peer is not None:
@@ -268,8 +302,28 @@ class ZmqSource(Source):
         ticket = None
         if peer is not None:
             ticket = requests.issue(peer, envelope, got.request_id, got.client_stream, got.seq, t_recv)  # type: ignore[union-attr]
+            if ticket is None:  # this connection is at its in-flight limit: answered `overloaded` at once
+                requests.refuse(peer, envelope, got.request_id, got.client_stream, got.seq)  # type: ignore[union-attr]
+                return None
+        if not got.capture_known and got.meta["zmq.t_capture_ns"] is not None:
+            self._count("capture_time_unknown")
         self._accepted += 1
-        return self.make_frame(got.data, got.stream, seq=got.seq, t_capture=got.t_capture, meta=got.meta, ticket=ticket)
+        stream = got.stream if got.stream is not None else self.name  # `"stream": null`: the source's name
+        seq = got.seq
+        if seq is None:
+            seq = self._default_seq(stream)
+        return Frame.trusted(stream, seq, got.t_capture, got.data, got.meta, (), ticket)
+
+    def _default_seq(self, stream: str) -> int:
+        """The next sequence number of a stream whose client sends none: one more than the last frame
+        of that stream without a seq, remembered for the `_SEQ_STREAMS` most recent such streams (a
+        stream forgotten and seen again starts at 0 again, as after a gap)."""
+        counters = self._next_seq_of
+        seq = counters.pop(stream, 0)
+        counters[stream] = seq + 1
+        if len(counters) > _SEQ_STREAMS:
+            counters.popitem(last=False)
+        return seq
 
 
 __all__ = ["ZmqSource", "ZmqSourceParams"]

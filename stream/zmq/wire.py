@@ -4,7 +4,6 @@ neither of them, so that they depend on it and not on each other.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +24,9 @@ OVERLOADED = "overloaded"
 TIMEOUT = "timeout"
 SHUTTING_DOWN = "shutting_down"
 NODE_FAILED = "node_failed"
+# The codes a malformed message is rejected with (a source counts each as `rejected.<code>`).
+MESSAGE_ERRORS = (BAD_MAGIC, UNSUPPORTED_VERSION, BAD_TYPE, MALFORMED_HEADER, PART_COUNT, BAD_DTYPE, BAD_ENCODING,
+                  BAD_SHAPE, SIZE_MISMATCH, MESSAGE_TOO_LARGE, TENSOR_TOO_LARGE, DECODE_FAILED)
 
 
 class ProtocolError(ValueError):
@@ -50,15 +52,9 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_message_bytes", "max_tensor_bytes", "max_tensors", "max_dims", "max_elements",
                      "max_header_bytes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"limit {name} must be a positive integer, got {getattr(self, name)!r}")
-        object.__setattr__(self, "_hash", hash(dataclasses.astuple(self)))
-        # Descriptors already checked against these limits -> their spec (see `_spec`): a stream of
-        # messages repeats the same few descriptors. Bounded; errors are never cached.
-        object.__setattr__(self, "_specs", {})
-
-    def __hash__(self) -> int:
-        return self._hash
+            value = getattr(self, name)
+            if value.__class__ is not int or value < 1:
+                raise ValueError(f"limit {name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
