@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress bar for finite sources (default: when stderr is a terminal)")
     p.add_argument("--quiet", action="store_true", help="do not print the latency table at the end")
+    p.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                   help="write a Chrome trace / Perfetto JSON timeline: one span per node per frame")
+    p.add_argument("--trace-frames", type=int, default=1000, metavar="N",
+                   help="--trace: keep the last N frames of each node (default 1000)")
     _add_executor_arg(p)
 
     p = sub.add_parser("validate", help="check a pipeline config without running it")
@@ -61,12 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p)
     p.add_argument("-o", "--output", type=Path, required=True, help="output file: .dot/.gv, .svg, .png or .pdf")
 
-    p = sub.add_parser("bench", help="run free-running and report per-frame latency")
+    p = sub.add_parser("bench", help="measure per-frame latency under a load scenario (single, rate, max-rate, "
+                       "throughput, streams)")
     _add_pipeline_args(p)
-    p.add_argument("--frames", type=int, default=300, help="measured frames per source (default 300)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="frames skipped in the percentiles (default: options.warmup_frames)")
-    p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for report.json and latency.png")
+    from stream.bench import command as bench_command
+
+    bench_command.add_arguments(p)
     _add_executor_arg(p)
 
     p = sub.add_parser("list", help="list node kinds and their parameters")
@@ -143,12 +147,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     _positive(args.frames, "--frames")
     pipeline = _load(args)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    _positive(args.trace_frames, "--trace-frames")
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
-                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor)
+                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor,
+                          trace=args.trace, trace_frames=args.trace_frames)
     if not args.quiet:
         print(report.format_table())
     if args.report is not None:
         print(f"report written to {args.report}", file=sys.stderr)
+    if args.trace is not None:
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)", file=sys.stderr)
     return _exit_code(pipeline, report)
 
 
@@ -184,18 +192,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    _positive(args.frames, "--frames")
-    if args.warmup is not None and args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    pipeline = _load(args)
-    warmup = pipeline.spec.warmup_frames if args.warmup is None else args.warmup
-    pipeline.spec = dataclasses.replace(pipeline.spec, warmup_frames=warmup)
-    report = pipeline.run(frames=args.frames + warmup, free_running=True, report=args.out / "report.json",
-                          progress=sys.stderr.isatty(), executor=args.executor)
-    print(report.format_table())
-    plot = report.write_plot(args.out / "latency.png")
-    print(f"wrote {args.out / 'report.json'} and {plot}", file=sys.stderr)
-    return _exit_code(pipeline, report)
+    from stream.bench import command as bench_command
+
+    return bench_command.run_from_args(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -41,16 +41,25 @@ class Pipeline:
         return cls(build_pipeline(mapping, source_name=source_name))
 
     def run(self, frames: int | None = None, free_running: bool = False, report: str | Path | None = None,
-            dashboard: bool = False, progress: bool = False, executor: str | None = None) -> Any:
+            dashboard: bool = False, progress: bool = False, executor: str | None = None,
+            trace: str | Path | None = None, trace_frames: int = 1000) -> Any:
         """Run until the sources end (or `frames` per source, or a signal); returns the RunReport.
 
         `executor` overrides the spec's (`local`, `ray`). The report is written to `report` (JSON)
-        whenever a report exists, also after Ctrl-C.
+        whenever a report exists, also after Ctrl-C; `trace` is a Chrome trace / Perfetto JSON file of
+        the last `trace_frames` frames of every node (`stream.bench.trace`), written the same way.
         """
         from stream.executors import create_executor
         from stream.stopping import StopOnSignals
 
-        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames)
+        options: dict[str, Any] = {}
+        recorder = None
+        if trace is not None:
+            from stream.bench.trace import TraceRecorder
+
+            recorder = TraceRecorder(self.spec, max_frames=trace_frames)
+            options["observers"] = (recorder,)
+        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames, **options)
         self.executor = runner
         with StopOnSignals(runner) as signals:
             runner.start()
@@ -58,6 +67,8 @@ class Pipeline:
         self.stopped_by_signal = signals.first
         if report is not None:
             result.write_json(report)
+        if recorder is not None:
+            recorder.write(trace)
         return result
 
     @staticmethod
