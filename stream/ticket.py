@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 log = logging.getLogger("costream.ticket")
 
@@ -39,9 +38,9 @@ class Status(str, Enum):
     CANCELLED = "cancelled"  # the issuer stopped waiting (a timeout, a shutdown)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a ticket was resolved: the status, the node where it happened and the frame it concerned."""
+class Outcome(NamedTuple):
+    """How a ticket was resolved: the status, the node where it happened and the frame it concerned
+    (a tuple: cheap to make on the request path, plain data to send between processes)."""
 
     status: Status
     node: str | None = None

@@ -22,7 +22,7 @@ class Inbound:
     seq: int | None
     t_capture: int
     data: Any
-    meta: dict[str, Any]  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
+    meta: MappingProxyType  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
     request_id: Any
     client_stream: Any  # the stream as the client named it (echoed in replies)
 
@@ -87,7 +87,7 @@ def decode_request(parts: list[Any], limits: P.Limits, t_recv: int, *, scoped: b
     if peer is not None:
         meta["zmq.peer"] = peer
         meta["zmq.request_id"] = request_id
-    return Inbound(stream, seq, t_capture or t_recv, data, meta, request_id, client_stream)
+    return Inbound(stream, seq, t_capture or t_recv, data, MappingProxyType(meta), request_id, client_stream)
 
 
 def request_id_of(parts: list[Any], limits: P.Limits) -> Any:

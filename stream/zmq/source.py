@@ -170,6 +170,7 @@ class ZmqSource(Source):
         latest = self.params.queue == "latest"
         timeout_s = self.params.reply_timeout_s
         pushed = requests.pushed if requests is not None else threading.Event()
+        open_requests = requests.open if requests is not None else {}  # read by this thread only
         if not latest:
             sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         if requests is not None:
@@ -179,8 +180,8 @@ class ZmqSource(Source):
                 if not latest and not pushed.is_set():
                     # Only the data socket to watch (nobody answers over inproc): a blocking receive bounded
                     # by RCVTIMEO, a few system calls less per request than polling.
-                    if requests is not None and len(requests):
-                        requests.expire(timeout_s)
+                    if open_requests:
+                        requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
                         parts = recv_parts(sock)
                     except zmq.Again:
@@ -196,8 +197,8 @@ class ZmqSource(Source):
                         data = True
                     else:
                         requests.forward()  # type: ignore[union-attr]
-                if requests is not None and len(requests):
-                    requests.expire(timeout_s)
+                if open_requests:
+                    requests.expire(timeout_s)  # type: ignore[union-attr]
                 if not data:
                     continue
                 if latest:
