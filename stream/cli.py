@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `costream` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reports
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     from stream.config import ConfigError
 

@@ -1,6 +1,7 @@
 """Nodes of known service time for the benchmark tests: they take simulated time on a VirtualClock."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,4 +32,20 @@ class WorkOperator(Operator):
 
     def process(self, frame: Frame) -> Frame:
         self.params.clock.work(self.params.service_ns)
+        return frame
+
+
+@dataclass(frozen=True)
+class SleepParams:
+    ms: float = 1.0
+
+
+class Sleep(Operator):
+    """Passes each frame on after sleeping `ms` of real time: a deliberately slow node for CLI tests."""
+
+    Params = SleepParams
+    outputs_follow_inputs = True
+
+    def process(self, frame: Frame) -> Frame:
+        time.sleep(self.params.ms / 1e3)
         return frame

@@ -143,7 +143,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     recorder = None if args.trace is None else TraceRecorder(spec, args.trace_frames, args.trace_every, "arrival")
-    command = shlex.join(["costream", *sys.argv[1:]]) if sys.argv and sys.argv[0] else "costream bench"
+    command = shlex.join(["costream", *getattr(args, "argv", ["bench", args.pipeline])])
     try:
         report = run_bench(spec, scenario, executor=args.executor, trace=recorder, command=command,
                            on_run=_progress)

@@ -103,7 +103,7 @@ class RunResult:
     growth: float | None  # p50 of the second half of the measured frames / p50 of the first half
     counts: FrameCounts = field(default_factory=FrameCounts)
     offered_hz: float | None = None  # measured arrivals per second (all streams)
-    completed_hz: float | None = None  # complete frames per second (all streams)
+    completed_hz: float | None = None  # complete frames per second (all streams), first to last completion
     max_in_flight: int = 0
     produce: dict[str, LatencyStats] = field(default_factory=dict)  # per source: its own time per frame
     report: RunReport | None = field(default=None, repr=False)
@@ -191,9 +191,9 @@ def _result(load: Load, tracker: CompletionTracker, report: RunReport, sources: 
     if c.released > 1 and tracker.last_arrival_ns is not None and tracker.first_arrival_ns is not None:
         span = tracker.last_arrival_ns - tracker.first_arrival_ns
         offered = (c.released - load.streams * len(sources)) * 1e9 / span if span > 0 else None
-    if c.complete > 1 and tracker.last_done_ns is not None and tracker.first_arrival_ns is not None:
-        span = tracker.last_done_ns - tracker.first_arrival_ns
-        completed = c.complete * 1e9 / span if span > 0 else None
+    if c.complete > 1 and tracker.last_done_ns is not None and tracker.first_done_ns is not None:
+        span = tracker.last_done_ns - tracker.first_done_ns
+        completed = (c.complete - 1) * 1e9 / span if span > 0 else None
     return RunResult(
         mode=load.mode, rates_hz={name: node.rate_hz for name, node in sources.items()}, streams=load.streams,
         latency=LatencyStats.from_series(tracker.latency), latency_series=tracker.latency, growth=growth,

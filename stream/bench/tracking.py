@@ -104,6 +104,7 @@ class CompletionTracker:
         self.half = 0  # measured ordinal from which a frame is "late" (the second half of the run)
         self.first_arrival_ns: int | None = None
         self.last_arrival_ns: int | None = None
+        self.first_done_ns: int | None = None  # completions of measured frames
         self.last_done_ns: int | None = None
         self._pending_ns: list[int] = []  # latencies waiting to be folded into the sketches (under the lock)
         self._pending_half: list[bool] = []
@@ -196,7 +197,9 @@ class CompletionTracker:
                 self.counts.complete += 1
                 self._pending_ns.append(ticket.last_ns - ticket.arrival_ns)
                 self._pending_half.append(ticket.ordinal >= self.half)
-                self.last_done_ns = t_ns if self.last_done_ns is None else max(self.last_done_ns, t_ns)
+                done = ticket.last_ns
+                self.last_done_ns = done if self.last_done_ns is None else max(self.last_done_ns, done)
+                self.first_done_ns = done if self.first_done_ns is None else min(self.first_done_ns, done)
             elif lost is Status.FAILED:
                 self.counts.failed += 1
             elif lost is Status.ENDED:
