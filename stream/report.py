@@ -197,20 +197,19 @@ class RunReport:
 
 def format_breakdown(nodes: Iterable[NodeReport]) -> list[str]:
     """Where the time of a frame goes, per node: queue wait, transfer to the node's device and service
-    (mean / p99 in ms; service per call, so a batch's frames each spend its whole call)."""
-    lines = ["where the time goes per frame (mean / p99 ms)",
-             f"{'node':<20} {'queue wait':>19} {'transfer':>19} {'service':>19}"]
+    (mean / p50 / p99 in ms; service per call, so a batch's frames each spend its whole call)."""
+    lines = ["where the time goes per frame (mean / p50 / p99 ms)",
+             f"{'node':<20} {'queue wait':>24} {'transfer':>24} {'service':>24}"]
     for node in nodes:
         queue = None if node.role == "source" else node.queue_wait
-        lines.append(f"{node.name:<20} {_mean_p99(queue):>19} {_mean_p99(node.transfer):>19} "
-                     f"{_mean_p99(node.service):>19}")
+        lines.append(f"{node.name:<20} {_spread(queue):>24} {_spread(node.transfer):>24} {_spread(node.service):>24}")
     return lines
 
 
-def _mean_p99(stats: LatencyStats | None) -> str:
+def _spread(stats: LatencyStats | None) -> str:
     if stats is None or stats.count == 0:
         return "-"
-    return f"{stats.mean_ms:.3f} / {stats.p99_ms:.3f}"
+    return f"{stats.mean_ms:.3f} / {stats.p50_ms:.3f} / {stats.p99_ms:.3f}"
 
 
 def _stats_cells(stats: LatencyStats) -> str:
