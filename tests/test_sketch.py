@@ -114,3 +114,14 @@ def test_minimum_samples_for_a_percentile():
     assert min_samples_for(0.99) == 1000 and min_samples_for(0.999) == 10_000 and min_samples_for(0.5) == 20
     with pytest.raises(ValueError, match="quantile"):
         min_samples_for(1.0)
+
+
+def test_a_source_given_seq_numbers_keeps_no_state_per_stream_name():
+    from stream.testing import ListSource
+
+    source = ListSource()
+    for i in range(10_000):  # a peer flooding new stream names, each frame with its own seq
+        source.make_frame(i, f"flood/{i}", seq=7)
+    assert source._next_seq == {}
+    source.make_frame(0, "own")  # a stream the source numbers itself counts on from a given seq
+    assert source.make_frame(1, "own", seq=10).seq == 10 and source.make_frame(2, "own").seq == 11

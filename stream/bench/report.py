@@ -87,10 +87,10 @@ class BenchReport:
                  f"machine: {describe(self.machine)}" if self.machine else "", ""]
         if s.name == "throughput":
             lines += _throughput_lines(self)
-        else:
+        elif self.runs:
             lines += _latency_lines(self)
         for search in self.searches:
-            lines += ["", *_search_lines(search)]
+            lines += ["" if lines[-1] else None, *_search_lines(search)]
         last = self.runs[-1] if self.runs else None
         if last is not None and last.report is not None:
             lines += ["", *format_breakdown(n for n in last.report.nodes.values() if n.role != "source")]

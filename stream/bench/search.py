@@ -7,7 +7,7 @@
 
 1. one frame at a time first: if even that breaks the budget, no rate can meet it (verdict says so);
 2. from the rate that one-at-a-time sustained, doubles or halves the rate until one step passes and
-   one fails;
+   one fails (halving at most down to 1/8 of that rate: below, a step takes long and says little);
 3. bisects (geometrically) between them until they are within `precision` (5 %) of each other.
 
 A step passes when its p99 is within the budget, no measured frame was dropped, failed or timed out,
@@ -25,6 +25,7 @@ from typing import Any, Callable
 from stream.bench.scenarios import GROWTH_LIMIT, RunResult
 
 MAX_STEPS = 16
+MAX_HALVINGS_BELOW = 8  # a search that fails at 1/8 of the one-at-a-time rate stops there
 
 
 @dataclass
@@ -93,7 +94,7 @@ def search_max_rate(run_step: Callable[[float | None], RunResult], budget_ms: fl
     if not first.passed:
         return SearchResult(budget_ms, None, f"no rate meets a p99 budget of {budget_ms:g} ms: even one frame "
                             f"at a time, {first.why}", steps)
-    rate = start_hz or (first.result.completed_hz or 1.0) / per_stream
+    rate = start = start_hz or (first.result.completed_hz or 1.0) / per_stream
     lo: Step | None = None
     hi: Step | None = None
     while (lo is None or hi is None) and len(steps) < max_steps and not stop():
@@ -104,7 +105,7 @@ def search_max_rate(run_step: Callable[[float | None], RunResult], budget_ms: fl
         else:
             hi = step
             rate /= 2
-            if lo is None and rate < (start_hz or 1.0) / 1e3:
+            if lo is None and rate < start / MAX_HALVINGS_BELOW:
                 break
     while lo is not None and hi is not None and hi.rate_hz / lo.rate_hz > 1 + precision \
             and len(steps) < max_steps and not stop():
@@ -114,8 +115,10 @@ def search_max_rate(run_step: Callable[[float | None], RunResult], budget_ms: fl
         else:
             hi = step
     if lo is None:
-        return SearchResult(budget_ms, None, f"no offered rate met a p99 budget of {budget_ms:g} ms (one frame "
-                            "at a time did: the pipeline cannot take frames faster than it finishes them)", steps)
+        return SearchResult(budget_ms, None, f"no offered rate down to {rate * 2:.3g} frames/s met a p99 budget of "
+                            f"{budget_ms:g} ms, though one frame at a time did ({first.why}): at any rate frames "
+                            f"meet others in the pipeline (last: {steps[-1].why}); try a larger budget or more "
+                            "frames per step", steps)
     verdict = f"max rate {lo.rate_hz:.4g} frames/s per stream: {lo.why}"
     if hi is not None:
         verdict += f"; at {hi.rate_hz:.4g} frames/s {hi.why}"
