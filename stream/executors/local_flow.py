@@ -286,8 +286,10 @@ class Dataflow:
                 return self._fail_frames(worker, [FrameFailure(frame, exc) for frame in inputs])
             if failures and not self._fail_frames(worker, failures):
                 return False
-        if worker.completes_inputs and (len(inputs) != 1 or inputs[0].ticket is not None):
-            self._complete_unanswered(worker, inputs, out)
+        if worker.completes_inputs:
+            ticket = inputs[0].ticket  # the usual cases, checked inline: no ticket, or one output carrying it
+            if len(inputs) != 1 or (ticket is not None and (len(out) != 1 or out[0].ticket is not ticket)):
+                self._complete_unanswered(worker, inputs, out)
         m.frames_out += len(out)
         for observer in self.observers:
             observer.called(worker.name, inputs, out, t0, t1)

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import zmq
 
@@ -30,12 +29,12 @@ from stream.zmq.sockets import send_parts
 
 log = logging.getLogger("costream.zmq")
 
+_new = tuple.__new__
 _OUTCOME_COUNTERS = {Status.FAILED: "node_failures", Status.ENDED: "no_output", Status.DROPPED: "dropped_in_pipeline"}
 
 
-@dataclass(slots=True)
-class Request:
-    """A ticket's tag: whom to answer and what to echo."""
+class Request(NamedTuple):
+    """A ticket's tag: whom to answer and what to echo (a tuple: one is made per request)."""
 
     key: int
     peer: bytes
@@ -85,8 +84,9 @@ class PendingRequests:
         """A ticket for a request just accepted."""
         key = self._next_key
         self._next_key += 1
-        ticket = Ticket(self._resolved, Request(key, peer, envelope, request_id, stream, seq, t_recv + self._timeout_ns),
-                        self._lock)
+        # tuple.__new__: a Request without NamedTuple's Python-level __new__ (one is made per request)
+        request = _new(Request, (key, peer, envelope, request_id, stream, seq, t_recv + self._timeout_ns))
+        ticket = Ticket(self._resolved, request, self._lock)
         self.open[key] = ticket
         return ticket
 

@@ -20,7 +20,7 @@ import zmq
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
-from stream.zmq.inbound import Inbound, decode_request, request_id_of, split_envelope
+from stream.zmq.inbound import Inbound, decode_request, request_id_of
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
 from stream.zmq.requests import PendingRequests, counter_sink
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, start_authenticator
@@ -240,8 +240,12 @@ class ZmqSource(Source):
         self._received += 1
         requests = self._requests
         peer = envelope = None
-        if requests is not None:
-            peer, envelope, parts = split_envelope(parts)
+        if requests is not None:  # ROUTER: the peer id, then a REQ client's empty delimiter (kept for the reply)
+            peer = parts[0].bytes
+            parts = parts[1:]
+            if parts and len(parts[0]) == 0:
+                envelope = b""
+                parts = parts[1:]
         t_recv = now_ns()
         try:
             got = decode_request(parts, self._limits, t_recv, scoped=self._scoped, unwrap_single=self._unwrap_single,
