@@ -157,7 +157,7 @@ class CompletionTracker:
         if outcome.status is Status.RESULT:
             return self._reach(ticket, outcome.node, t)  # a sink that answers: it reached it
         with self._lock:
-            if ticket._outcome is not None:
+            if ticket._status is not None:
                 return False
             before = len(ticket.pending)
             ticket.pending -= covered
@@ -170,7 +170,7 @@ class CompletionTracker:
 
     def _reach(self, ticket: TrackedTicket, sink: str | None, t_ns: int) -> bool:
         with self._lock:
-            if ticket._outcome is not None or sink not in ticket.pending:
+            if ticket._status is not None or sink not in ticket.pending:
                 return False
             ticket.pending.discard(sink)
             if t_ns > ticket.last_ns:
@@ -184,7 +184,7 @@ class CompletionTracker:
         """(lock held) Close the ticket once no sink is pending; True if it was closed now."""
         if ticket.pending:
             return False
-        ticket._outcome = outcome
+        ticket._status = outcome[0]
         self.in_flight -= 1
         left = self._per_stream.get(ticket.stream, 0) - 1
         self._per_stream[ticket.stream] = max(left, 0)
