@@ -225,13 +225,13 @@ class Dataflow:
             return None
         joiner.expire()  # type: ignore[union-attr]
         now = self.now
-        t = now()
+        t = t_taken = now()
         m = worker.metrics
         m.frames_in += len(got)
         queue_ns = m.queue_ns
         frames: list[Frame] = []
         for edge, (frame, t_enq, handoff) in got:
-            queue_ns.append(t - t_enq)
+            queue_ns.append(t_taken - t_enq)
             if self.any_cuda:
                 frame = self._prepare(worker, frame, handoff)
                 t1 = now()
