@@ -147,3 +147,22 @@ def test_bad_values_are_refused_by_the_parser(pipe, capsys, flag, value, message
     with pytest.raises(SystemExit) as exc:
         main(["bench", str(pipe), flag, value])
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_node_on_a_gpu_reports_its_transfer_time_and_its_own_trace_track(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from stream.bench import TraceRecorder
+    from stream.executor import LocalExecutor
+    from stream.nodes import NullSink, Passthrough, Synthetic
+    from stream.testing import node_spec, pipeline_spec
+
+    spec = pipeline_spec(node_spec("cam", Synthetic, Synthetic.Params(count=50, shape=(3, 64, 64), tensor=True)),
+                         node_spec("op", Passthrough, inputs=["cam"], device="cuda"),
+                         node_spec("out", NullSink, inputs=["op"], device="cuda"))
+    recorder = TraceRecorder(spec)
+    report = LocalExecutor(spec, observers=[recorder]).run()
+    assert report.nodes["op"].transfer is not None and report.nodes["op"].transfer.count == 50
+    names = [e["args"]["name"] for e in recorder.events() if e["name"] == "thread_name"]
+    assert "op (operator, own CUDA stream)" in names
