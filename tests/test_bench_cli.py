@@ -103,7 +103,9 @@ def test_bench_records_machine_command_trace_and_plots(pipe, tmp_path, capsys):
 
 def test_bench_throughput_is_labelled_as_such(pipe, tmp_path, capsys):
     assert main(["bench", str(pipe), "--scenario", "throughput", "--frames", "40", "--out", str(tmp_path)]) == 0
-    assert "throughput, free-running: frames completed per second" in capsys.readouterr().out
+    assert "throughput, free-running: frames per second that reached a sink" in capsys.readouterr().out
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["runs"][0]["frames"]["delivered"] == 40 and data["summary"]["metrics"]["throughput_hz"] > 0
 
 
 def test_compare_flags_a_deliberately_slowed_node_with_exit_code_3(pipe, tmp_path, capsys):

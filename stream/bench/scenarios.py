@@ -104,6 +104,7 @@ class RunResult:
     counts: FrameCounts = field(default_factory=FrameCounts)
     offered_hz: float | None = None  # measured arrivals per second (all streams)
     completed_hz: float | None = None  # complete frames per second (all streams), first to last completion
+    delivered_hz: float | None = None  # frames that reached a sink per second (throughput)
     max_in_flight: int = 0
     produce: dict[str, LatencyStats] = field(default_factory=dict)  # per source: its own time per frame
     report: RunReport | None = field(default=None, repr=False)
@@ -125,7 +126,8 @@ class RunResult:
         return {
             "mode": self.mode, "rates_hz": self.rates_hz, "streams": self.streams,
             "latency_ms": self.latency.to_dict(), "growth": self.growth, "frames": self.counts.to_dict(),
-            "offered_hz": self.offered_hz, "completed_hz": self.completed_hz, "max_in_flight": self.max_in_flight,
+            "offered_hz": self.offered_hz, "completed_hz": self.completed_hz, "delivered_hz": self.delivered_hz,
+            "max_in_flight": self.max_in_flight,
             "sustained": self.sustained, "produce_ms": {k: v.to_dict() for k, v in self.produce.items()},
             "nodes": None if self.report is None else breakdown(self.report), "cdf_ms": cdf,
             "run": None if self.report is None else {"duration_s": self.report.duration_s,
@@ -194,10 +196,15 @@ def _result(load: Load, tracker: CompletionTracker, report: RunReport, sources: 
     if c.complete > 1 and tracker.last_done_ns is not None and tracker.first_done_ns is not None:
         span = tracker.last_done_ns - tracker.first_done_ns
         completed = (c.complete - 1) * 1e9 / span if span > 0 else None
+    delivered = None
+    if c.delivered > 1 and tracker.last_delivered_ns is not None and tracker.first_delivered_ns is not None:
+        span = tracker.last_delivered_ns - tracker.first_delivered_ns
+        delivered = (c.delivered - 1) * 1e9 / span if span > 0 else None
     return RunResult(
         mode=load.mode, rates_hz={name: node.rate_hz for name, node in sources.items()}, streams=load.streams,
         latency=LatencyStats.from_series(tracker.latency), latency_series=tracker.latency, growth=growth,
-        counts=c, offered_hz=offered, completed_hz=completed, max_in_flight=tracker.max_in_flight,
+        counts=c, offered_hz=offered, completed_hz=completed, delivered_hz=delivered,
+        max_in_flight=tracker.max_in_flight,
         produce={name: LatencyStats.from_series(node.produce) for name, node in sources.items()},
         report=report, stopped_by_signal=signal_number,
     )

@@ -51,7 +51,7 @@ def sinks_below(spec: PipelineSpec) -> dict[str, frozenset[str]]:
 class TrackedTicket(Ticket):
     """A completion ticket that hears every branch of its frame, not only the first resolution."""
 
-    __slots__ = ("pending", "stream", "ordinal", "arrival_ns", "measured", "lost", "last_ns")
+    __slots__ = ("pending", "stream", "ordinal", "arrival_ns", "measured", "lost", "last_ns", "reached")
 
     def __init__(self, tracker: "CompletionTracker", pending: frozenset[str], stream: str, ordinal: int | None,
                  arrival_ns: int) -> None:
@@ -63,6 +63,7 @@ class TrackedTicket(Ticket):
         self.measured = ordinal is not None
         self.lost: Status | None = None  # the worst thing that happened on some branch
         self.last_ns = arrival_ns  # when the last sink reached so far consumed it
+        self.reached = False  # some sink consumed it
 
     def resolve(self, outcome: Outcome) -> bool:
         return self._on_done(self, outcome)
@@ -74,6 +75,7 @@ class FrameCounts:
 
     released: int = 0
     complete: int = 0  # reached every sink it feeds
+    delivered: int = 0  # reached at least one sink (complete, or dropped on another branch)
     dropped: int = 0  # a queue dropped it on some branch (or it was discarded at a stop)
     failed: int = 0  # a node raised on it
     ended: int = 0  # an operator had no output for it (e.g. a model filling its receptive field)
@@ -106,6 +108,8 @@ class CompletionTracker:
         self.last_arrival_ns: int | None = None
         self.first_done_ns: int | None = None  # completions of measured frames
         self.last_done_ns: int | None = None
+        self.first_delivered_ns: int | None = None  # measured frames that reached a sink
+        self.last_delivered_ns: int | None = None
         self._pending_ns: list[int] = []  # latencies waiting to be folded into the sketches (under the lock)
         self._pending_half: list[bool] = []
 
@@ -173,6 +177,7 @@ class CompletionTracker:
             if ticket._status is not None or sink not in ticket.pending:
                 return False
             ticket.pending.discard(sink)
+            ticket.reached = True
             if t_ns > ticket.last_ns:
                 ticket.last_ns = t_ns
             finished = self._settle(ticket, Outcome(Status.RESULT, sink), t_ns)
@@ -191,6 +196,13 @@ class CompletionTracker:
         self._changed.notify_all()
         if ticket.lost is None:
             self._completed[ticket.stream] = self._completed.get(ticket.stream, 0) + 1
+        if ticket.measured and ticket.reached:
+            self.counts.delivered += 1
+            done = ticket.last_ns
+            if self.first_delivered_ns is None or done < self.first_delivered_ns:
+                self.first_delivered_ns = done
+            if self.last_delivered_ns is None or done > self.last_delivered_ns:
+                self.last_delivered_ns = done
         if ticket.measured:
             lost = ticket.lost
             if lost is None:
