@@ -77,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--streams", type=int, default=None, metavar="N",
                    help=f"streams per source, each a copy of the source's frames (default 1; streams: {DEFAULT_STREAMS})")
     p.add_argument("--frames", type=int, default=None, metavar="N",
-                   help="measured frames per stream after the warm-up (max-rate: per step); default "
+                   help="measured arrivals per source after the warm-up (max-rate: per step; each arrival is "
+                   "one frame per stream with --streams); default "
                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_FRAMES.items()))
     p.add_argument("--warmup", type=int, default=None, metavar="N",
                    help="frames per stream before the measured ones (default: the YAML's options.warmup_frames)")

@@ -121,7 +121,7 @@ def scenario_words(s: Scenario) -> str:
            "max-rate": f"highest {'Poisson' if s.arrival == 'poisson' else 'fixed-period'} rate with p99 <= "
                        f"{s.p99_budget_ms:g} ms",
            "throughput": "free-running (frames/s only)"}[s.name]
-    per = "per step" if s.name == "max-rate" else "per stream"
+    per = "per step" if s.name == "max-rate" else "per source"
     return (f"{streams}, {how}; {s.n_frames} frames {per} after {s.warmup} warm-up, "
             f"{s.repeat} run{'s' if s.repeat > 1 else ''}")
 

@@ -43,7 +43,7 @@ class Scenario:
     rate_hz: float | str = "native"  # rate, streams: arrivals per second per stream, or the sources' own
     arrival: str = "fixed"  # rate, streams, max-rate: "fixed" period or "poisson"
     streams: int | None = None  # streams per source (default 1; the `streams` scenario: 4)
-    frames: int | None = None  # measured frames per stream (max-rate: per step); default per scenario
+    frames: int | None = None  # measured arrivals per source (max-rate: per step); default per scenario
     warmup: int = 10  # frames per stream before the measured ones
     p99_budget_ms: float = 50.0  # max-rate: the latency budget of the p99
     repeat: int = 1  # runs of the scenario (their spread is the noise estimate of --compare)
