@@ -59,7 +59,15 @@ class Pipeline:
 
             recorder = TraceRecorder(self.spec, max_frames=trace_frames)
             options["observers"] = (recorder,)
-        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames, **options)
+        try:
+            runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames, **options)
+        except TypeError as exc:
+            if not options:
+                raise
+            from stream.executors import ExecutorUnavailableError
+
+            raise ExecutorUnavailableError(f"executor {executor or self.spec.executor!r} cannot record a trace (it "
+                                           f"takes no call observers: {exc}); trace with --executor local") from exc
         self.executor = runner
         with StopOnSignals(runner) as signals:
             runner.start()

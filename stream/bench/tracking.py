@@ -15,6 +15,7 @@ completes a frame, once `warmup + WARMUP_CAP` of its frames were released.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -24,6 +25,7 @@ from stream.spec import PipelineSpec
 from stream.ticket import Outcome, Status, Ticket
 
 WARMUP_CAP = 1000  # released frames after which a stream counts as warm even if none completed
+_STOP_CHECK_S = 0.1  # how often a gated source looks at its stop event
 
 
 # What a frame counts as when its branches ended differently: the worst of them.
@@ -140,10 +142,17 @@ class CompletionTracker:
         return ticket
 
     def wait_for_stream(self, stream: str, limit: int, stop: threading.Event, timeout_s: float) -> bool:
-        """Block until `stream` has fewer than `limit` frames in flight; False if it timed out."""
+        """Block until `stream` has fewer than `limit` frames in flight (or `stop` is set); False if that
+        took longer than `timeout_s`. Looks at `stop` every 0.1 s: a stop may come from a signal handler,
+        which must not take this lock to wake us."""
+        deadline = time.monotonic() + timeout_s
         with self._changed:
-            ok = self._changed.wait_for(lambda: self._per_stream.get(stream, 0) < limit or stop.is_set(), timeout_s)
-        return ok
+            while self._per_stream.get(stream, 0) >= limit and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(min(left, _STOP_CHECK_S))
+        return True
 
     def give_up(self, stream: str, count_measured: bool) -> None:
         """The gate stopped waiting for `stream`'s frame in flight: count it and let the next one in."""
