@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one frame per stream with --streams); default "
                    + ", ".join(f"{k} {v}" for k, v in DEFAULT_FRAMES.items()))
     p.add_argument("--warmup", type=int, default=None, metavar="N",
-                   help="frames per stream before the measured ones (default: the YAML's options.warmup_frames)")
+                   help="frames per stream that must complete before frames are measured (default: the YAML's "
+                   "options.warmup_frames)")
     p.add_argument("--p99", type=parse_ms, default=50.0, metavar="BUDGET",
                    help="max-rate: the p99 latency budget, e.g. 50ms (default 50ms)")
     p.add_argument("--repeat", type=int, default=1, metavar="R",
