@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress bar for finite sources (default: when stderr is a terminal)")
     p.add_argument("--quiet", action="store_true", help="do not print the latency table at the end")
+    p.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                   help="write a Chrome trace / Perfetto JSON timeline: one span per node per frame")
+    p.add_argument("--trace-frames", type=int, default=1000, metavar="N",
+                   help="--trace: keep the last N frames of each node (default 1000)")
     _add_executor_arg(p)
 
     p = sub.add_parser("validate", help="check a pipeline config without running it")
@@ -71,13 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="output file: .dot/.gv, .svg, .png or .pdf (missing folders are created, and it says so)")
 
-    p = sub.add_parser("bench", help="run free-running and report per-frame latency")
+    p = sub.add_parser("bench", help="measure per-frame latency under a load scenario (single, rate, max-rate, "
+                       "throughput, streams)")
     _add_pipeline_args(p)
-    p.add_argument("--frames", type=int, default=300,
-                   help="measured frames per stream (default 300), after the warm-up frames")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="frames skipped in the percentiles (default: options.warmup_frames)")
-    p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for report.json and latency.png")
+    from stream.bench import command as bench_command
+
+    bench_command.add_arguments(p)
     _add_executor_arg(p)
 
     p = sub.add_parser("list", help="list node kinds and their parameters")
@@ -102,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `costream` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the exact command, for reports
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     from stream.config import ConfigError
     from stream.outputs import OutputPathError
@@ -173,11 +177,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.report is not None:
         check_output_file(args.report, "--report", say=_say)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
+    _positive(args.trace_frames, "--trace-frames")
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
                           dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor,
-                          on_start=_announcer("run", args.frames))
+                          on_start=_announcer("run", args.frames), trace=args.trace,
+                          trace_frames=args.trace_frames)
     if not args.quiet:
         print(report.format_table())
+    if args.trace is not None:
+        print(f"trace written to {args.trace} (open it in https://ui.perfetto.dev)", file=sys.stderr)
     saved = [("report", args.report, pipeline.report_saved)] if args.report is not None else []
     return _finish("run", pipeline, report, saved)
 
@@ -262,23 +270,9 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from stream.outputs import check_output_dir, fallback_path, save
+    from stream.bench import command as bench_command
 
-    _positive(args.frames, "--frames")
-    if args.warmup is not None and args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
-    pipeline = _load(args)
-    check_output_dir(args.out, "--out", say=_say)
-    warmup = pipeline.spec.warmup_frames if args.warmup is None else args.warmup
-    pipeline.spec = dataclasses.replace(pipeline.spec, warmup_frames=warmup)
-    report = pipeline.run(frames=args.frames + warmup, free_running=True, report=args.out / "report.json",
-                          progress=sys.stderr.isatty(), executor=args.executor,
-                          on_start=_announcer("bench", args.frames + warmup, warmup))
-    print(report.format_table())
-    plot = save(args.out / "latency.png", report.write_plot,
-                lambda: fallback_path(f"{report.pipeline}-latency", ".png"), "latency plot")
-    return _finish("bench", pipeline, report, [("report", args.out / "report.json", pipeline.report_saved),
-                                               ("latency plot", args.out / "latency.png", plot)])
+    return bench_command.run_from_args(args)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

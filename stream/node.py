@@ -132,13 +132,19 @@ class Source(Node):
         meta: Mapping[str, Any] | None = None,
         ticket: Ticket | None = None,
     ) -> Frame:
-        """Stamp `data` with stream id, the next per-stream sequence number (or `seq`, from which the
-        stream then counts on) and the capture time; `ticket` lets this source hear what becomes of the
-        frame (`stream.ticket`)."""
+        """Stamp `data` with stream id, the next per-stream sequence number (or `seq`, from which a
+        stream this source numbers then counts on) and the capture time; `ticket` lets this source hear
+        what becomes of the frame (`stream.ticket`).
+
+        Only streams that this source numbers itself keep a counter: a source whose frames bring
+        their own `seq` (requests from clients, recordings) keeps no state per stream name, however
+        many names its peers send."""
         stream = self.name if stream is None else stream
         if seq is None:
             seq = self._next_seq.get(stream, 0)
-        self._next_seq[stream] = seq + 1
+            self._next_seq[stream] = seq + 1
+        elif stream in self._next_seq:
+            self._next_seq[stream] = seq + 1
         if not meta:
             meta = _NO_META
         elif meta.__class__ is not MappingProxyType:  # a read-only view is kept as it is, as Frame does

@@ -45,7 +45,8 @@ class Pipeline:
 
     def run(self, frames: int | None = None, free_running: bool = False, report: str | Path | None = None,
             dashboard: bool = False, progress: bool = False, executor: str | None = None,
-            on_start: Callable[[Any], None] | None = None) -> Any:
+            on_start: Callable[[Any], None] | None = None, trace: str | Path | None = None,
+            trace_frames: int = 1000) -> Any:
         """Run until the sources end (or `frames` per stream, or a signal); returns the RunReport.
 
         `frames` is frames per stream, as the sources' own `frames` params count: a source that makes
@@ -54,12 +55,29 @@ class Pipeline:
         spec's (`local`, `ray`). `on_start(executor)` is called once every node is set up. The report is
         written to `report` (JSON) whenever a report exists, also after Ctrl-C; if that path cannot be
         written it goes to a file in the temporary directory instead (`report_saved` says where).
+        `trace` is a Chrome trace / Perfetto JSON file of the last `trace_frames` frames of every
+        node (`stream.bench.trace`), written the same way.
         """
         from stream.executors import create_executor
         from stream.stopping import StopOnSignals
 
         spec = self.spec if frames is None else frames_per_stream(self.spec, frames)
-        runner = create_executor(spec, executor, free_running=free_running, max_frames=frames)
+        options: dict[str, Any] = {}
+        recorder = None
+        if trace is not None:
+            from stream.bench.trace import TraceRecorder
+
+            recorder = TraceRecorder(self.spec, max_frames=trace_frames)
+            options["observers"] = (recorder,)
+        try:
+            runner = create_executor(spec, executor, free_running=free_running, max_frames=frames, **options)
+        except TypeError as exc:
+            if not options:
+                raise
+            from stream.executors import ExecutorUnavailableError
+
+            raise ExecutorUnavailableError(f"executor {executor or self.spec.executor!r} cannot record a trace (it "
+                                           f"takes no call observers: {exc}); trace with --executor local") from exc
         self.executor = runner
         self.report_saved = None
         with StopOnSignals(runner) as signals:
@@ -70,6 +88,8 @@ class Pipeline:
         self.stopped_by_signal = signals.first
         if report is not None:
             self.report_saved = save_report(result, report)
+        if recorder is not None:
+            recorder.write(trace)
         return result
 
     @staticmethod

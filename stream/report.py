@@ -1,19 +1,22 @@
 """The result of one pipeline run: counters, latency percentiles, errors; as JSON, text or a plot.
 
 `RunReport` is what `LocalExecutor.wait()` returns. Latencies are in milliseconds; percentiles skip
-the first `warmup_frames` samples of each node and sink. Raw end-to-end samples are kept (not in
-JSON) so that `write_plot` can draw the histogram and CDF.
+the first `warmup_frames` samples of each node and sink and come from quantile sketches
+(`stream.sketch`): each is within `percentile_relative_error` (0.5 %) of the exact value; counts,
+means, minima and maxima are exact. The sinks' end-to-end sketches are kept (not in JSON) so that
+`write_plot` can draw the histogram and CDF.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from stream.metrics import LatencyStats
+from stream.sketch import RELATIVE_ACCURACY, LatencySeries
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class NodeReport:
     join: dict[str, int] | None = None  # join counters for nodes with `join:`
     length: int | None = None  # sources: frames the source said it would produce, if known
     counters: dict[str, int] | None = None  # the node's own counters (`Node.stats()`), when it has any
+    transfer: LatencyStats | None = None  # per frame moved to this node's device: host time to hand it over
 
     def to_dict(self) -> dict:
         return {
@@ -57,6 +61,7 @@ class NodeReport:
             "batches": self.batches, "throughput_hz": self.throughput_hz,
             "service_ms": self.service.to_dict(), "queue_wait_ms": self.queue_wait.to_dict(),
             "end_to_end_ms": None if self.end_to_end is None else self.end_to_end.to_dict(),
+            "transfer_ms": None if self.transfer is None else self.transfer.to_dict(),
             "join": self.join, "length": self.length, "counters": self.counters,
         }
 
@@ -95,7 +100,7 @@ class RunReport:
     errors: tuple[ErrorRecord, ...]  # the first N error records
     error_count: int
     warmup_frames: int
-    e2e_samples_ms: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    e2e_series: dict[str, LatencySeries] = field(default_factory=dict, repr=False, compare=False)  # sinks
 
     @property
     def ok(self) -> bool:
@@ -112,7 +117,7 @@ class RunReport:
         return {
             "pipeline": self.pipeline, "duration_s": self.duration_s, "stop_reason": self.stop_reason,
             "ok": self.ok, "fatal_error": None if self.fatal_error is None else self.fatal_error.to_dict(),
-            "warmup_frames": self.warmup_frames,
+            "warmup_frames": self.warmup_frames, "percentile_relative_error": RELATIVE_ACCURACY,
             "nodes": {name: node.to_dict() for name, node in self.nodes.items()},
             "edges": [edge.to_dict() for edge in self.edges],
             "error_count": self.error_count, "errors": [e.to_dict() for e in self.errors],
@@ -139,6 +144,7 @@ class RunReport:
             lines.append(f"{name:<20} {node.role:<8} {_stats_cells(node.service)} {node.frames_in:>8} "
                          f"{node.frames_out:>8} {drops.get(name, 0) + join_drops:>7} {node.failed:>7} "
                          f"{node.throughput_hz:>9.1f}")
+        lines += ["", *format_breakdown(self.nodes.values())]
         sinks = [n for n in self.nodes.values() if n.end_to_end is not None]
         if sinks:
             lines += ["", "end-to-end latency from capture", f"{'sink':<29} " + " ".join(f"{c:>9}" for c in cols)]
@@ -166,13 +172,14 @@ class RunReport:
         fig = Figure(figsize=(11, 4.5))
         ax_hist, ax_cdf = fig.subplots(1, 2)
         plotted = 0
-        for name, values in self.e2e_samples_ms.items():
-            if values.size == 0:
+        for name, series in self.e2e_series.items():
+            values, counts = series.sketch.bins()
+            if counts.size == 0:
                 continue
             plotted += 1
-            ax_hist.hist(values, bins=min(100, max(10, values.size // 20)), alpha=0.6, label=name)
-            ordered = np.sort(values)
-            ax_cdf.plot(ordered, np.arange(1, ordered.size + 1) / ordered.size, label=name)
+            values = values / 1e6
+            ax_hist.hist(values, bins=min(100, max(10, counts.size)), weights=counts, alpha=0.6, label=name)
+            ax_cdf.step(values, np.cumsum(counts) / counts.sum(), where="post", label=name)
         ax_hist.set(title="end-to-end latency", xlabel="ms", ylabel="frames")
         ax_cdf.set(title="CDF", xlabel="ms", ylabel="fraction of frames", ylim=(0, 1.01))
         for ax in (ax_hist, ax_cdf):
@@ -186,6 +193,23 @@ class RunReport:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         return path
+
+
+def format_breakdown(nodes: Iterable[NodeReport]) -> list[str]:
+    """Where the time of a frame goes, per node: queue wait, transfer to the node's device and service
+    (mean / p50 / p99 in ms; service per call, so a batch's frames each spend its whole call)."""
+    lines = ["where the time goes per frame (mean / p50 / p99 ms)",
+             f"{'node':<20} {'queue wait':>24} {'transfer':>24} {'service':>24}"]
+    for node in nodes:
+        queue = None if node.role == "source" else node.queue_wait
+        lines.append(f"{node.name:<20} {_spread(queue):>24} {_spread(node.transfer):>24} {_spread(node.service):>24}")
+    return lines
+
+
+def _spread(stats: LatencyStats | None) -> str:
+    if stats is None or stats.count == 0:
+        return "-"
+    return f"{stats.mean_ms:.3f} / {stats.p50_ms:.3f} / {stats.p99_ms:.3f}"
 
 
 def _stats_cells(stats: LatencyStats) -> str:

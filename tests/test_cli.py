@@ -142,11 +142,14 @@ def test_bench_writes_json_and_png(pipe, tmp_path, capsys):
     assert main(["bench", str(pipe), "--frames", "20", "--warmup", "5", "--out", str(out),
                  "--set", "cam.count=1000"]) == 0
     table = capsys.readouterr().out
-    assert "service time per node" in table and "end-to-end latency" in table
+    assert "per-frame latency in ms" in table and "where the time goes" in table
     data = json.loads((out / "report.json").read_text())
-    assert data["warmup_frames"] == 5 and data["nodes"]["cam"]["frames_out"] == 25
-    assert data["nodes"]["out"]["end_to_end_ms"]["count"] == 50 - 5  # two inputs, 25 frames each
-    assert (out / "latency.png").read_bytes()[:4] == b"\x89PNG"
+    assert data["format"] == "costream-bench/1" and data["scenario"]["name"] == "single"
+    (run,) = data["runs"]
+    assert run["frames"]["complete"] == run["latency_ms"]["count"] == 20
+    assert run["nodes"]["cam"]["frames_out"] == 25 and run["nodes"]["out"]["frames_in"] == 50  # two paths to out
+    for png in ("latency.png", "breakdown.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_list_shows_kinds_and_params(capsys):

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from stream.executor import LocalExecutor
-from stream.metrics import LatencyStats, NodeMetrics, samples_ms
+from stream.metrics import LatencyStats, NodeMetrics
+from stream.sketch import RELATIVE_ACCURACY
 from stream.nodes import Passthrough, Synthetic
 from stream.testing import CollectSink, node_spec, pipeline_spec
 
 
-def test_percentiles_skip_the_warmup_and_match_numpy():
+def test_percentiles_skip_the_warmup_and_match_numpy_within_the_sketch_accuracy():
     rng = np.random.default_rng(0)
     warm = [10**9] * 5  # huge warm-up samples that must not show up
     values = rng.integers(1_000, 5_000_000, size=2000)
@@ -21,9 +22,9 @@ def test_percentiles_skip_the_warmup_and_match_numpy():
     ms = values / 1e6
     assert stats.count == 2000 and stats.skipped == 5
     for got, q in ((stats.p50_ms, 50), (stats.p90_ms, 90), (stats.p99_ms, 99), (stats.p99_9_ms, 99.9)):
-        assert got == pytest.approx(np.percentile(ms, q), rel=1e-12)
+        assert got == pytest.approx(np.percentile(ms, q, method="lower"), rel=RELATIVE_ACCURACY)
     assert stats.max_ms == pytest.approx(ms.max()) and stats.min_ms == pytest.approx(ms.min())
-    np.testing.assert_allclose(samples_ms(array("q", warm + values.tolist()), 5), ms)
+    assert stats.mean_ms == pytest.approx(ms.mean(), rel=1e-12)
 
 
 def test_empty_or_all_warmup_series_has_no_percentiles():
@@ -55,7 +56,7 @@ def test_report_skips_warmup_per_node_and_sink(report):
     assert report.nodes["out"].end_to_end.count == 100 and report.nodes["out"].end_to_end.skipped == 20
     assert report.nodes["model"].service.count == 100
     assert report.nodes["cam"].length == 120 and report.nodes["cam"].frames_out == 120
-    assert report.e2e_samples_ms["out"].shape == (100,)
+    assert report.e2e_series["out"].count == 100
     e2e = report.nodes["out"].end_to_end
     assert 0 < e2e.p50_ms <= e2e.p90_ms <= e2e.p99_ms <= e2e.p99_9_ms <= e2e.max_ms
 
@@ -82,15 +83,3 @@ def test_report_table_lists_nodes_and_percentiles(report):
 def test_report_plot_is_a_png(report, tmp_path):
     path = report.write_plot(tmp_path / "latency.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_trim_keeps_the_newest_samples_and_the_warmup_accounting():
-    from stream.metrics import NodeMetrics
-
-    m = NodeMetrics("n", "sink")
-    m.e2e_ns.extend(range(25))
-    m.trim(10)  # 25 >= 2 x 10: drop the oldest 15
-    assert list(m.e2e_ns) == list(range(15, 25)) and m.trimmed["e2e_ns"] == 15
-    m.trim(10)  # under 2 x keep: nothing to do
-    assert len(m.e2e_ns) == 10
-    assert m.warmup_left("e2e_ns", 20) == 5 and m.warmup_left("e2e_ns", 3) == 0

@@ -25,14 +25,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Collection
+from typing import Any, Collection, Sequence
 
 from stream.clock import Clock, MonotonicClock
 from stream.executors.base import PipelineStartError
 from stream.executors.failures import FailureLog
 from stream.executors.local_flow import Dataflow, Worker
+from stream.executors.observe import CallObserver
 from stream.executors.reporting import NodeRun, build_report, build_snapshot, node_counters, stop_reason
-from stream.frame import now_ns
 from stream.join import Joiner
 from stream.node import NodeContext
 from stream.placement import DevicePlacement
@@ -43,7 +43,6 @@ from stream.spec import PipelineSpec
 log = logging.getLogger("costream.executor")
 
 _SIGNAL_CHECK_S = 0.1  # how often wait() wakes to let signal handlers run (not on the data path)
-MAX_LATENCY_SAMPLES = 1_000_000  # per series and node; older samples are dropped in halves (8 MB each)
 HARD_STOP_GRACE_S = 2.0  # after a stop without draining, how long busy nodes get to return
 
 
@@ -51,20 +50,17 @@ class LocalExecutor:
     """Runs a `PipelineSpec` in this process with one worker thread per node."""
 
     def __init__(self, spec: PipelineSpec, free_running: bool = False, max_frames: int | None = None, *,
-                 clock: Clock | None = None, max_error_records: int = 20,
-                 max_latency_samples: int = MAX_LATENCY_SAMPLES, fuse: Collection[str] = (),
-                 hard_stop_grace_s: float = HARD_STOP_GRACE_S) -> None:
+                 clock: Clock | None = None, max_error_records: int = 20, fuse: Collection[str] = (),
+                 hard_stop_grace_s: float = HARD_STOP_GRACE_S, observers: Sequence[CallObserver] = ()) -> None:
         if max_frames is not None and max_frames < 0:
             raise ValueError(f"max_frames must be None or >= 0, got {max_frames}")
         if isinstance(fuse, str):
             raise TypeError(f"fuse must be a collection of node names, got the string {fuse!r}; write [{fuse!r}]")
-        if max_latency_samples < 1:
-            raise ValueError(f"max_latency_samples must be >= 1, got {max_latency_samples}")
         self.spec = spec
         self.fuse = frozenset(fuse)  # nodes to run in their producer's thread, besides `fuse: true` ones
         self.free_running = free_running
         self.max_frames = max_frames
-        self.max_latency_samples = max_latency_samples
+        self.observers = tuple(observers)  # told of every call (traces, load generators)
         self.hard_stop_grace_s = hard_stop_grace_s
         self.plan: GraphPlan | None = None
         self._clock: Clock = clock if clock is not None else MonotonicClock()
@@ -106,9 +102,9 @@ class LocalExecutor:
             raise PipelineStartError(f"pipeline {self.spec.name!r} cannot start: {exc}") from exc
         flow = self._flow = Dataflow(self.plan, self._workers, clock=self._clock, stop=self._stop,
                                      failures=self._failures, on_fatal=lambda: self.request_stop("fatal error"),
-                                     max_latency_samples=self.max_latency_samples)
+                                     observers=self.observers)
         self._state = "running"
-        self._t_start = now_ns()
+        self._t_start = self._clock.now_ns()
         # Consumers first, so that the first frame of a source finds its consumers waiting.
         for worker in sorted(self._workers.values(), key=lambda w: w.spec.role == "source"):
             if worker.host is not None:
@@ -185,7 +181,7 @@ class LocalExecutor:
         if busy:
             log.error("pipeline %r: node(s) %s did not return within %.1f s of the stop; tearing down anyway",
                       self.spec.name, ", ".join(busy), self.hard_stop_grace_s)
-        self._t_end = now_ns()
+        self._t_end = self._clock.now_ns()
         self._teardown(list(self._workers.values()))
         self._state = "finished"
         self._report = self._build_report()
@@ -216,7 +212,7 @@ class LocalExecutor:
 
     def snapshot(self) -> dict[str, Any]:
         """A live view for dashboards and progress bars; safe to call from any thread at any time."""
-        now = now_ns()
+        now = self._clock.now_ns()
         end = self._t_end or now
         return build_snapshot(self.spec.name, self._runs(with_counters=False), self._failures, running=self.running,
                               elapsed_s=(end - self._t_start) / 1e9 if self._t_start else 0.0,
@@ -230,7 +226,7 @@ class LocalExecutor:
             spec = node_plan.spec
             try:
                 node = spec.build()
-                worker = Worker(node_plan, node)
+                worker = Worker(node_plan, node, warmup=self.spec.warmup_frames)
                 ctx = NodeContext(name=spec.name, device=worker.device, inputs=tuple(i.source for i in spec.inputs),
                                   logger=logging.getLogger(f"costream.node.{spec.name}"))
                 node.setup(ctx)
@@ -306,8 +302,7 @@ class LocalExecutor:
         return build_report(self.spec.name, self._runs(with_counters=True), self._failures,
                             duration_s=(self._t_end - self._t_start) / 1e9,
                             reason=stop_reason(self._stop_reason, self._failures, limit_hit),
-                            warmup_frames=self.spec.warmup_frames, t_end_ns=self._t_end,
-                            max_latency_samples=self.max_latency_samples)
+                            warmup_frames=self.spec.warmup_frames, t_end_ns=self._t_end)
 
 
 def _joined_part_dropped(node: str):

@@ -6,12 +6,17 @@ takes frames from the node's inbox (the fast path: one frame at a time, no devic
 bookkeeping step, `_finish`, whichever way the frames came: metrics, failures, the completion of
 inputs that ended without output, and the emission (stamped once, shared by every consumer, or run
 directly in this thread for a fused consumer).
+
+Every timestamp it takes (queue waits, service and transfer times, end-to-end latency, trace stamps)
+comes from the executor's clock (`stream.clock`), so a test or a load generator that injects one sees
+the run in its time. Observers (`stream.executors.observe.CallObserver`) hear of every call once its
+metrics are recorded: trace recorders and the benchmark's completion tracking.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from stream.clock import Clock
 from stream.devices import pin_this_thread
@@ -20,6 +25,7 @@ from stream.executors.failures import FailureLog
 from stream.frame import Frame, now_ns
 from stream.join import Joiner
 from stream.metrics import NodeMetrics
+from stream.sketch import FLUSH_AT
 from stream.node import FrameFailure, as_outputs
 from stream.placement import DevicePlacement
 from stream.plan import GraphPlan, NodePlan
@@ -31,7 +37,7 @@ log = logging.getLogger("costream.executor")
 class Worker:
     """Everything the local executor keeps about one node while it runs."""
 
-    def __init__(self, plan: NodePlan, node: Any) -> None:
+    def __init__(self, plan: NodePlan, node: Any, warmup: int = 0) -> None:
         spec = plan.spec
         self.plan = plan
         self.spec = spec
@@ -44,7 +50,7 @@ class Worker:
         self.stops_on_error = spec.on_error is ErrorPolicy.STOP
         self.device = plan.device.torch  # what the node computes on
         self.core = plan.device.core  # the CPU core its thread is pinned to, if any
-        self.metrics = NodeMetrics(spec.name, spec.role)
+        self.metrics = NodeMetrics(spec.name, spec.role, warmup)  # the first `warmup` samples per series skipped
         self.inbox: Inbox | None = Inbox(spec.name) if spec.inputs else None
         self.outputs: list[Edge] = []
         self.joiner: Joiner | None = None
@@ -68,17 +74,17 @@ class Dataflow:
     """The loops of one run; built by `LocalExecutor.start` once every node is set up and wired."""
 
     def __init__(self, plan: GraphPlan, workers: dict[str, Worker], *, clock: Clock, stop: threading.Event,
-                 failures: FailureLog, on_fatal: Callable[[], None], max_latency_samples: int) -> None:
+                 failures: FailureLog, on_fatal: Callable[[], None], observers: Sequence[Any] = ()) -> None:
         self.plan = plan
         self.workers = workers
         self.clock = clock
+        self.now = clock.now_ns  # every timestamp of the run
         self.stop = stop
         self.failures = failures
         self.on_fatal = on_fatal
         self.any_cuda = plan.any_cuda
         self.max_frames = plan.max_frames
-        self.keep = max_latency_samples
-        self.trim_at = 2 * max_latency_samples  # a series this long is trimmed by its own thread
+        self.observers = tuple(observers)
         self.placement = DevicePlacement()
         self.limit_hit = False
 
@@ -86,7 +92,8 @@ class Dataflow:
 
     def run_source(self, worker: Worker) -> None:
         m = worker.metrics
-        m.t_start = now_ns()
+        now = self.now
+        m.t_start = now()
         period = worker.period_ns
         clock, stop = self.clock, self.stop
         limit = self.max_frames  # frames per stream (`--frames`)
@@ -95,22 +102,23 @@ class Dataflow:
         full = 0  # streams that reached the limit
         length = worker.length  # no pacing wait once the source's announced frames are out
         service_ns = m.service_ns
+        observers = self.observers
         frames = None
         try:
             pin_this_thread(worker.core)
             with DevicePlacement.stream_scope(worker.device, worker.cuda_stream):
                 frames = iter(worker.node.frames())
-                next_t = clock.now_ns()
+                next_t = now()
                 while not stop.is_set() and (limit is None or (limit > 0 and (known is None or full < known))):
                     if period and (length is None or m.frames_out < length):
                         clock.wait_until(next_t, stop)
                         if stop.is_set():
                             break
-                        now = clock.now_ns()
-                        next_t = next_t + period if now - next_t < period else now + period
-                    t0 = now_ns()
+                        t = now()
+                        next_t = next_t + period if t - next_t < period else t + period
+                    t0 = now()
                     frame = next(frames, None)
-                    t1 = now_ns()
+                    t1 = now()
                     if frame is None:
                         break
                     if frame.__class__ is not Frame and not isinstance(frame, Frame):
@@ -132,9 +140,11 @@ class Dataflow:
                     m.frames_out += 1
                     m.t_last = t1
                     cuda_stream = worker.cuda_stream
+                    for observer in observers:
+                        observer.produced(worker.name, frame, t0, t1)
                     self._emit(worker, frame, t1, None if cuda_stream is None else DevicePlacement.record_event(cuda_stream))
-                    if len(service_ns) >= self.trim_at:
-                        m.trim(self.keep)
+                    if len(service_ns) >= FLUSH_AT:
+                        m.flush()
                 if limit is not None and per_stream and full == len(per_stream) and not stop.is_set():
                     self.limit_hit = True
         except Exception as exc:
@@ -151,7 +161,7 @@ class Dataflow:
     # -- operators and sinks -----------------------------------------------------------------------
 
     def run_consumer(self, worker: Worker) -> None:
-        worker.metrics.t_start = now_ns()
+        worker.metrics.t_start = self.now()
         try:
             pin_this_thread(worker.core)
             with DevicePlacement.stream_scope(worker.device, worker.cuda_stream):
@@ -171,14 +181,14 @@ class Dataflow:
         batch = worker.max_batch
         prepare = self._prepare if self.any_cuda else None
         call_one, call_many = self._call_one, self._call_many
-        trim_at, keep = self.trim_at, self.keep
+        now = self.now
         one_by_one = joiner is None and batch == 1 and prepare is None
         while True:
             if one_by_one:  # the fast path: one frame at a time, no device moves
                 item = inbox.get_one()  # type: ignore[union-attr]
                 if item is None:
                     return
-                t = now_ns()
+                t = now()
                 queue_ns.append(t - item[1])
                 m.frames_in += 1
                 ok = call_one(worker, item[0], t)
@@ -193,21 +203,32 @@ class Dataflow:
                     ok = not frames or call_many(worker, frames, t)
             if not ok:
                 return
-            if len(queue_ns) >= trim_at:
-                m.trim(keep)
+            if len(queue_ns) >= FLUSH_AT:
+                m.flush()
 
     def _take(self, worker: Worker, batch: int, prepare: Any) -> tuple[list[Frame], int] | None:
         items = worker.inbox.get(batch)  # type: ignore[union-attr]
         if items is None:
             return None
-        t = now_ns()
-        queue_ns = worker.metrics.queue_ns
+        now = self.now
+        t = now()
+        m = worker.metrics
+        queue_ns = m.queue_ns
         for item in items:
             queue_ns.append(t - item[1])
-        worker.metrics.frames_in += len(items)
+        m.frames_in += len(items)
         if prepare is None:
             return [item[0] for item in items], t
-        return [prepare(worker, item[0], item[2]) for item in items], t
+        frames = []
+        transfer_ns = m.transfer_ns
+        for item in items:  # the hand-over to this node's device, timed per frame
+            frames.append(prepare(worker, item[0], item[2]))
+            t1 = now()
+            transfer_ns.append(t1 - t)
+            t = t1
+        if len(transfer_ns) >= FLUSH_AT:
+            m.flush()
+        return frames, t
 
     def _take_joined(self, worker: Worker) -> tuple[list[Frame], int] | None:
         inbox, joiner = worker.inbox, worker.joiner
@@ -218,14 +239,19 @@ class Dataflow:
             joiner.flush()  # type: ignore[union-attr]
             return None
         joiner.expire()  # type: ignore[union-attr]
-        t = now_ns()
-        worker.metrics.frames_in += len(got)
-        queue_ns = worker.metrics.queue_ns
+        now = self.now
+        t = t_taken = now()
+        m = worker.metrics
+        m.frames_in += len(got)
+        queue_ns = m.queue_ns
         frames: list[Frame] = []
         for edge, (frame, t_enq, handoff) in got:
-            queue_ns.append(t - t_enq)
+            queue_ns.append(t_taken - t_enq)
             if self.any_cuda:
                 frame = self._prepare(worker, frame, handoff)
+                t1 = now()
+                m.transfer_ns.append(t1 - t)
+                t = t1
             joined = joiner.add(edge.index, frame)  # type: ignore[union-attr]
             if joined is not None:
                 frames.append(joined)
@@ -255,7 +281,7 @@ class Dataflow:
 
     def _finish(self, worker: Worker, inputs: Any, result: Any, t0: int) -> bool:
         """The bookkeeping of one call, the same for one frame and for a batch."""
-        t1 = now_ns()
+        t1 = self.now()
         m = worker.metrics
         m.service_ns.append(t1 - t0)
         m.batches += 1
@@ -263,6 +289,8 @@ class Dataflow:
         if worker.is_sink:
             m.e2e_ns.append(t1 - inputs[0].t_capture)
             m.frames_out += 1
+            for observer in self.observers:  # after the metrics: an observer may let the next frame in
+                observer.called(worker.name, inputs, (), t0, t1)
             return True
         if result.__class__ is Frame:
             out: Any = (result,)
@@ -278,6 +306,8 @@ class Dataflow:
             if len(inputs) != 1 or (ticket is not None and (len(out) != 1 or out[0].ticket is not ticket)):
                 self._complete_unanswered(worker, inputs, out)
         m.frames_out += len(out)
+        for observer in self.observers:
+            observer.called(worker.name, inputs, out, t0, t1)
         if out:
             event = None if worker.cuda_stream is None else DevicePlacement.record_event(worker.cuda_stream)
             for frame in out:
@@ -307,13 +337,13 @@ class Dataflow:
         consumer = worker.fused
         if consumer is not None:  # operator chaining: run the consumer here, in this thread
             if worker.outputs[0].pass_through(stamped):
-                t = now_ns()
+                t = self.now()
                 cm = consumer.metrics
                 cm.queue_ns.append(t - t_ns)
                 cm.frames_in += 1
                 self._call_one(consumer, stamped, t)  # a fused node never batches (max_batch 1)
-                if len(cm.queue_ns) >= self.trim_at:
-                    cm.trim(self.keep)
+                if len(cm.queue_ns) >= FLUSH_AT:
+                    cm.flush()
             return
         handoff = None if event is None and not self.any_cuda else (event, worker.copies)
         for edge in worker.outputs:

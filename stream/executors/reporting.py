@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from stream.executors.failures import FailureLog
-from stream.metrics import LatencyStats, NodeMetrics, samples_ms
+from stream.metrics import LatencyStats, NodeMetrics
 from stream.report import EdgeReport, NodeReport, RunReport
 
 log = logging.getLogger("costream.executor")
@@ -52,30 +52,31 @@ def stop_reason(requested: str | None, failures: FailureLog, limit_hit: bool) ->
 
 
 def build_report(pipeline: str, runs: Iterable[NodeRun], failures: FailureLog, *, duration_s: float, reason: str,
-                 warmup_frames: int, t_end_ns: int, max_latency_samples: int) -> RunReport:
+                 warmup_frames: int, t_end_ns: int) -> RunReport:
+    """The report of a run; every latency series is flushed into its sketch first."""
     nodes: dict[str, NodeReport] = {}
     edges: list[EdgeReport] = []
     e2e: dict[str, Any] = {}
     for run in runs:
         m = run.metrics
-        m.trim(max_latency_samples)
+        m.flush()
         sink = run.role == "sink"
         nodes[run.name] = NodeReport(
             name=run.name, kind=run.kind, role=run.role, device=run.device,
             frames_in=m.frames_in, frames_out=m.frames_out, failed=m.failed, batches=m.batches,
             throughput_hz=m.throughput_hz(t_end_ns),
-            service=LatencyStats.from_ns(m.service_ns, m.warmup_left("service_ns", warmup_frames)),
-            queue_wait=LatencyStats.from_ns(m.queue_ns, m.warmup_left("queue_ns", warmup_frames)),
-            end_to_end=LatencyStats.from_ns(m.e2e_ns, m.warmup_left("e2e_ns", warmup_frames)) if sink else None,
+            service=LatencyStats.from_series(m.service), queue_wait=LatencyStats.from_series(m.queue),
+            end_to_end=LatencyStats.from_series(m.e2e) if sink else None,
             join=run.join, length=run.length, counters=run.counters,
+            transfer=LatencyStats.from_series(m.transfer) if m.transfer.count else None,
         )
         if sink:
-            e2e[run.name] = samples_ms(m.e2e_ns, m.warmup_left("e2e_ns", warmup_frames))
+            e2e[run.name] = m.e2e
         edges.extend(run.edges)
     return RunReport(
         pipeline=pipeline, duration_s=duration_s, stop_reason=reason, fatal_error=failures.fatal, nodes=nodes,
         edges=tuple(edges), errors=failures.records, error_count=failures.count, warmup_frames=warmup_frames,
-        e2e_samples_ms=e2e,
+        e2e_series=e2e,
     )
 
 
