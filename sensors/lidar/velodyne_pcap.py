@@ -41,6 +41,25 @@ class CaptureCounters:
         return {f"capture_{k}": v for k, v in self.__dict__.items()}
 
 
+class _ReadWatcher:
+    """The capture file as dpkt reads it, noting a read that ends early (a record cut off at the end
+    of the file, which dpkt would hand over silently as a short frame)."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.name = getattr(f, "name", "<capture>")
+        self.cut = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if size > 0 and 0 < len(data) < size:
+            self.cut = True
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 class PcapPackets:
     """`for host_ns, payload in PcapPackets("drive.pcap"): ...` (UDP payloads to `port`)."""
 
@@ -53,9 +72,10 @@ class PcapPackets:
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         dpkt = _dpkt()
-        with open(self.path, "rb") as f:
-            magic = f.read(4)
-            f.seek(0)
+        with open(self.path, "rb") as raw:
+            magic = raw.read(4)
+            raw.seek(0)
+            f = _ReadWatcher(raw)
             try:
                 reader = dpkt.pcapng.Reader(f) if magic == _PCAPNG_MAGIC else dpkt.pcap.Reader(f)
             except (ValueError, dpkt.dpkt.UnpackError, dpkt.dpkt.NeedData) as exc:
@@ -69,16 +89,21 @@ class PcapPackets:
                 except StopIteration:
                     return
                 except (ValueError, dpkt.dpkt.UnpackError, dpkt.dpkt.NeedData, EOFError) as exc:
-                    self.counters.truncated = 1
-                    logger.warning("%s: the capture ends inside a record after %d frames (%s); it was cut off "
-                                   "while being written. The packets before it are replayed.",
-                                   self.path, self.counters.frames, exc)
+                    self._cut(f"{type(exc).__name__}: {exc}")
+                    return
+                if f.cut:
+                    self._cut("its last record is shorter than its header says")
                     return
                 self.counters.frames += 1
                 payload = self._udp_payload(dpkt, linktype, frame)
                 if payload is not None:
                     self.counters.packets += 1
                     yield int(round(float(ts) * 1e9)), payload
+
+    def _cut(self, why: str) -> None:
+        self.counters.truncated = 1
+        logger.warning("%s: the capture ends inside a record after %d frames (%s); it was cut off while being "
+                       "written. The packets before it are replayed.", self.path, self.counters.frames, why)
 
     def _udp_payload(self, dpkt: Any, linktype: int, frame: bytes) -> bytes | None:
         try:
