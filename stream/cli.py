@@ -29,6 +29,14 @@ def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="override a node parameter or field (value parsed as YAML); repeatable")
 
 
+def _add_executor_arg(p: argparse.ArgumentParser) -> None:
+    from stream.executors import executor_names
+
+    p.add_argument("--executor", default=None, metavar="NAME",
+                   help=f"where the nodes run: {', '.join(executor_names())} (default: the YAML's `executor:`, "
+                   "else local)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costream", description="Streaming online-inference engine.")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true", default=None,
                    help="progress bar for finite sources (default: when stderr is a terminal)")
     p.add_argument("--quiet", action="store_true", help="do not print the latency table at the end")
+    _add_executor_arg(p)
 
     p = sub.add_parser("validate", help="check a pipeline config without running it")
     _add_pipeline_args(p)
@@ -58,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None,
                    help="frames skipped in the percentiles (default: options.warmup_frames)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for report.json and latency.png")
+    _add_executor_arg(p)
 
     p = sub.add_parser("list", help="list node kinds and their parameters")
     p.add_argument("kind", nargs="?", help="show only this kind")
@@ -96,10 +106,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"costream {args.command}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    except RuntimeError as exc:
-        from stream.executor import PipelineStartError
-        from stream.placement import DeviceUnavailableError
+    except ValueError as exc:
+        from stream.executors import UnknownExecutorError
 
+        if not isinstance(exc, UnknownExecutorError):
+            raise
+        print(f"costream {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except RuntimeError as exc:
+        from stream.devices import DeviceUnavailableError
+        from stream.executors import ExecutorUnavailableError, PipelineStartError
+
+        if isinstance(exc, ExecutorUnavailableError):
+            print(f"costream {args.command}: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         if not isinstance(exc, (PipelineStartError, DeviceUnavailableError)):
             raise
         print(f"costream {args.command}: the pipeline could not start: {exc}", file=sys.stderr)
@@ -124,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
-                          dashboard=args.dashboard, progress=progress and not args.dashboard)
+                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor)
     if not args.quiet:
         print(report.format_table())
     if args.report is not None:
@@ -170,8 +190,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     warmup = pipeline.spec.warmup_frames if args.warmup is None else args.warmup
     pipeline.spec = dataclasses.replace(pipeline.spec, warmup_frames=warmup)
-    report = pipeline.run(frames=args.frames + warmup, free_running=True,
-                          report=args.out / "report.json", progress=sys.stderr.isatty())
+    report = pipeline.run(frames=args.frames + warmup, free_running=True, report=args.out / "report.json",
+                          progress=sys.stderr.isatty(), executor=args.executor)
     print(report.format_table())
     plot = report.write_plot(args.out / "latency.png")
     print(f"wrote {args.out / 'report.json'} and {plot}", file=sys.stderr)
@@ -185,7 +205,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     known = kinds()
     if args.kind is not None:
         if args.kind not in known:
-            from stream.config import suggest
+            from stream.suggest import suggest
 
             raise UsageError(f"kind {args.kind!r} is unknown{suggest(args.kind, known)}")
         known = {args.kind: known[args.kind]}

@@ -1,60 +1,29 @@
 """Load, interpolate, override and validate pipeline configs into a `PipelineSpec`.
 
 Everything is checked before anything starts, and ALL problems are collected into one `ConfigError`
-whose lines read `file:line: node 'x', field 'y': what is wrong; did you mean ...`. The YAML format
-is documented in docs/yaml-reference.md.
+whose lines read `file:line: node 'x', field 'y': what is wrong; did you mean ...`. The checks live
+in `stream.config_check` (which does not import this module); this one reads files, substitutes
+`${VAR}` and applies `--set` overrides. The YAML format is documented in docs/yaml-reference.md.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from stream.config_check import (  # noqa: F401  (the public names of config checking live here too)
+    INPUT_FIELDS, JOIN_FIELDS, NODE_FIELDS, OPTION_FIELDS, TOP_LEVEL_FIELDS, ConfigError, ConfigIssue, PipelineChecker,
+)
+from stream.devices import DEVICE_RE, cuda_device_count  # noqa: F401  (tests replace cuda_device_count here)
 from stream.spec import PipelineSpec, SourceLocation
+from stream.suggest import suggest
 from stream.yaml_loader import LocatedDict, LocatedList, load_yaml
 
-TOP_LEVEL_FIELDS = ("version", "name", "description", "options", "nodes")
-OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames")
-NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
-INPUT_FIELDS = ("from", "queue_size", "policy")
-JOIN_FIELDS = ("timeout_s", "max_pending")
-DEVICE_RE = re.compile(r"^(cpu|cuda(:(\d+))?)$")
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}")
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem: where, which node and field, and what is wrong (with the fix)."""
-
-    location: SourceLocation
-    message: str
-    node: str | None = None
-    field: str | None = None
-
-    def __str__(self) -> str:
-        parts = []
-        if self.node is not None:
-            parts.append(f"node {self.node!r}")
-        if self.field is not None:
-            parts.append(f"field {self.field!r}")
-        where = ", ".join(parts)
-        return f"{self.location}: {where + ': ' if where else ''}{self.message}"
-
-
-class ConfigError(ValueError):
-    """Every problem found in one pipeline config; `issues` holds them individually."""
-
-    def __init__(self, issues: list[ConfigIssue], source: str | None = None) -> None:
-        self.issues = list(issues)
-        head = f"invalid pipeline config{f' {source}' if source else ''} ({len(self.issues)} problem" \
-               f"{'s' if len(self.issues) != 1 else ''}):"
-        super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
 
 
 def load_pipeline(
@@ -155,9 +124,7 @@ def apply_overrides(document: Any, overrides: Iterable[str], issues: list[Config
         nodes = document.get("nodes")
         if not isinstance(nodes, dict) or parts[0] not in nodes:
             names = list(nodes) if isinstance(nodes, dict) else []
-            close = difflib.get_close_matches(parts[0], [str(n) for n in names], n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; nodes: {', '.join(map(str, names))}"
-            issues.append(ConfigIssue(loc, f"no node named {parts[0]!r}{hint}"))
+            issues.append(ConfigIssue(loc, f"no node named {parts[0]!r}{suggest(parts[0], names, 'nodes')}"))
             continue
         node = nodes[parts[0]]
         if not isinstance(node, dict):
@@ -182,26 +149,8 @@ def apply_overrides(document: Any, overrides: Iterable[str], issues: list[Config
 def build_pipeline(mapping: Mapping[str, Any], source_name: str | None = None,
                    _issues: list[ConfigIssue] | None = None) -> PipelineSpec:
     """Validate a config mapping (from YAML or a Python dict) into a `PipelineSpec`."""
-    from stream.config_check import PipelineChecker  # the checks live there (one job per file)
-
-    return PipelineChecker(source_name, list(_issues or [])).build(mapping)
-
-
-def cuda_device_count() -> int | None:
-    """Number of visible CUDA devices, or None when torch is not importable."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # GPUs are counted through this module's name, so that a test can pretend a machine has some.
+    return PipelineChecker(source_name, list(_issues or []), lambda: cuda_device_count()).build(mapping)
 
 
-def suggest(name: str, valid: Iterable[str]) -> str:
-    """`; did you mean 'x'?` for the closest valid name, else the list of valid names."""
-    valid = [str(v) for v in valid]
-    close = difflib.get_close_matches(str(name), valid, n=1) or [
-        v for v in valid if len(str(name)) >= 3 and (str(name).lower() in v.lower() or v.lower() in str(name).lower())
-    ][:1]
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return f"; valid: {', '.join(valid)}" if valid else ""
+__all__ = ["ConfigError", "ConfigIssue", "apply_overrides", "build_pipeline", "interpolate", "load_pipeline", "suggest"]

@@ -2,29 +2,67 @@
 
 `PipelineChecker` walks one config mapping, records every problem as a `ConfigIssue` (with file,
 line, node and field) and raises a single `ConfigError` at the end, so a user fixes everything in
-one round. Graph checks (unknown inputs, cycles, roles) run on what could be read of each node, even
-when the node has other errors.
+one round. The pipeline rules themselves (wiring, rates, queue sizes, devices) are the ones every
+spec obeys (`stream.rules`, `stream.devices`); here they are applied to what could be read of each
+node, even when the node has other errors, and placed at their line. This module imports nothing of
+`stream.config` (which builds on it).
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import stream.config as config
-from stream.config import (
-    DEVICE_RE, INPUT_FIELDS, JOIN_FIELDS, NODE_FIELDS, OPTION_FIELDS, TOP_LEVEL_FIELDS, ConfigError, ConfigIssue,
-    suggest,
-)
+from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_count, resolve_device
+from stream.executors import check_executor_name
 from stream.params import ParamsError, build_params
 from stream.registry import UnknownKindError, resolve
-from stream.spec import ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation
+from stream.rules import (
+    GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+)
+from stream.spec import (
+    DEFAULT_EXECUTOR, ErrorPolicy, InputSpec, JoinSpec, NodeSpec, PipelineSpec, QueuePolicy, SourceLocation,
+)
+from stream.suggest import closest, suggest
 from stream.yaml_loader import LocatedDict, LocatedList
+
+TOP_LEVEL_FIELDS = ("version", "name", "description", "executor", "options", "nodes")
+OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames")
+NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
+INPUT_FIELDS = ("from", "queue_size", "policy")
+JOIN_FIELDS = ("timeout_s", "max_pending")
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem: where, which node and field, and what is wrong (with the fix)."""
+
+    location: SourceLocation
+    message: str
+    node: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.node is not None:
+            parts.append(f"node {self.node!r}")
+        if self.field is not None:
+            parts.append(f"field {self.field!r}")
+        where = ", ".join(parts)
+        return f"{self.location}: {where + ': ' if where else ''}{self.message}"
+
+
+class ConfigError(ValueError):
+    """Every problem found in one pipeline config; `issues` holds them individually."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str | None = None) -> None:
+        self.issues = list(issues)
+        head = f"invalid pipeline config{f' {source}' if source else ''} ({len(self.issues)} problem" \
+               f"{'s' if len(self.issues) != 1 else ''}):"
+        super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
 
 
 @dataclass(frozen=True)
@@ -42,9 +80,11 @@ class _Partial:
 class PipelineChecker:
     """Checks one config mapping, collecting every issue before raising."""
 
-    def __init__(self, file: str | None, issues: list[ConfigIssue]) -> None:
+    def __init__(self, file: str | None, issues: list[ConfigIssue],
+                 cuda_count: Callable[[], int | None] = cuda_device_count) -> None:
         self.file = file
         self.issues = issues
+        self._cuda_count = cuda_count
         self._cuda: list[int | None] = []
         self.partial: dict[str, _Partial] = {}  # what is known of every node, valid or not
         self.input_lines: dict[str, Any] = {}
@@ -63,7 +103,7 @@ class PipelineChecker:
 
     def cuda_count(self) -> int | None:
         if not self._cuda:
-            self._cuda.append(config.cuda_device_count())
+            self._cuda.append(self._cuda_count())
         return self._cuda[0]
 
     def check_keys(self, mapping: Mapping[str, Any], valid: tuple[str, ...], what: str, node: str | None,
@@ -91,6 +131,11 @@ class PipelineChecker:
         elif not isinstance(name, str):
             self.error(f"expected a string, got {name!r}", mapping, "name", None, "name")
             name = str(name)
+        executor = mapping.get("executor", DEFAULT_EXECUTOR)
+        problem = check_executor_name(executor)
+        if problem is not None:
+            self.error(problem, mapping, "executor", None, "executor")
+            executor = DEFAULT_EXECUTOR
         allow_fallback, warmup = self.options(mapping.get("options"), mapping)
         nodes = mapping.get("nodes")
         specs: list[NodeSpec] = []
@@ -111,7 +156,8 @@ class PipelineChecker:
             self.issues.sort(key=lambda i: (i.location.file or "", i.location.line or 0))
             raise ConfigError(self.issues, self.file)
         return PipelineSpec(name=name, nodes=tuple(specs), allow_cpu_fallback=allow_fallback,
-                            warmup_frames=warmup, source=SourceLocation(self.file) if self.file else SourceLocation())
+                            warmup_frames=warmup, source=SourceLocation(self.file) if self.file else SourceLocation(),
+                            executor=executor)
 
     def options(self, options: Any, parent: Mapping[str, Any]) -> tuple[bool, int]:
         if options is None:
@@ -204,26 +250,13 @@ class PipelineChecker:
         device = raw.get("device", "cpu")
         if device is None:
             return "cpu"
-        match = DEVICE_RE.fullmatch(device) if isinstance(device, str) else None
-        if match is None:
-            self.error(f"malformed device {device!r}; expected cpu, cuda or cuda:N (e.g. cuda:0)",
-                       raw, "device", name, "device")
+        loc = self.loc(raw, "device")
+        try:
+            resolved = resolve_device(device, name, allow_fallback, cuda_count=self.cuda_count, where=f"{loc}: ")
+        except (DeviceError, DeviceUnavailableError) as exc:
+            self.error(str(exc), raw, "device", name, "device")
             return None
-        if device == "cpu":
-            return device
-        index = int(match.group(3) or 0)
-        count = self.cuda_count()
-        if count is not None and index < count:
-            return device
-        have = "torch is not installed" if count is None else (
-            "no CUDA device is visible" if count == 0 else f"only {count} CUDA device(s) are visible (cuda:0"
-            f"{'..cuda:' + str(count - 1) if count > 1 else ''})")
-        if allow_fallback:
-            warn_cpu_fallback(name, device, count, self.loc(raw, "device"))
-            return "cpu"
-        self.error(f"device {device!r} is not available: {have}; use device: cpu, or set "
-                   "options.allow_cpu_fallback: true to run it on cpu", raw, "device", name, "device")
-        return None
+        return device if resolved.is_cuda or resolved.core is not None else "cpu"
 
     def enum(self, name: str, raw: Mapping[str, Any], field: str, enum_cls: Any, default: Any) -> Any:
         value = raw.get(field)
@@ -234,8 +267,7 @@ class PipelineChecker:
                 return member
         valid = [m.value for m in enum_cls]
         self.error(f"invalid {field.replace('_', ' ')} {value!r}; valid values: {', '.join(valid)}"
-                   f"{suggest(str(value), valid) if difflib.get_close_matches(str(value), valid, n=1) else ''}",
-                   raw, field, name, field)
+                   f"{suggest(value, valid, listing=None)}", raw, field, name, field)
         return None
 
     def inputs(self, name: str, raw: Mapping[str, Any]) -> tuple[list[InputSpec], bool]:
@@ -269,9 +301,9 @@ class PipelineChecker:
                 ok = False
                 continue
             size = item.get("queue_size", 4)
-            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-                self.error(f"queue_size must be an integer >= 1, got {size!r}", item, "queue_size", name,
-                           f"{field}.queue_size")
+            problem = queue_size_problem(size, source, name)
+            if problem is not None:
+                self.error(problem, item, "queue_size", name, f"{field}.queue_size")
                 ok, size = False, 4
             policy = self.enum(name, item, "policy", QueuePolicy, QueuePolicy.LATEST)
             if policy is None:
@@ -293,135 +325,56 @@ class PipelineChecker:
                        raw, "join", name, "join")
             return None
         self.check_keys(value, JOIN_FIELDS, "join field", name, "join.")
-        timeout = value.get("timeout_s", 0.1)
-        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
-            self.error(f"timeout_s must be a number of seconds > 0, got {timeout!r}", value, "timeout_s", name,
-                       "join.timeout_s")
-            timeout = 0.1
-        pending = value.get("max_pending", 64)
-        if not isinstance(pending, int) or isinstance(pending, bool) or pending < 1:
-            self.error(f"max_pending must be an integer >= 1, got {pending!r}", value, "max_pending", name,
-                       "join.max_pending")
-            pending = 64
+        timeout, pending = value.get("timeout_s", 0.1), value.get("max_pending", 64)
+        for key, problem in join_problems(timeout, pending):
+            self.error(problem, value, key, name, f"join.{key}")
+            timeout, pending = (0.1, pending) if key == "timeout_s" else (timeout, 64)
         return JoinSpec(timeout_s=float(timeout), max_pending=pending)
 
     def rate(self, name: str, raw: Mapping[str, Any], role: str | None) -> float | str | None:
-        if "rate_hz" not in raw or raw["rate_hz"] is None:
+        value = raw.get("rate_hz")
+        problem = rate_problem(value, role, name)
+        if problem is not None:
+            self.error(problem, raw, "rate_hz", name, "rate_hz")
             return None
-        value = raw["rate_hz"]
-        if role is not None and role != "source":
-            self.error(f"rate_hz only paces sources, but {name!r} is a{'n' if role == 'operator' else ''} "
-                       f"{role}; remove it (downstream nodes run at the rate frames arrive)",
-                       raw, "rate_hz", name, "rate_hz")
-            return None
-        if value == "native":
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return float(value)
-        self.error(f"rate_hz must be a number > 0, 'native', or omitted (free-running), got {value!r}",
-                   raw, "rate_hz", name, "rate_hz")
-        return None
+        return value if value is None or value == "native" else float(value)
 
     def fuse(self, name: str, raw: Mapping[str, Any], role: str | None) -> bool:
         value = raw.get("fuse", False)
-        if not isinstance(value, bool):
-            self.error(f"fuse must be true or false, got {value!r}", raw, "fuse", name, "fuse")
-            return False
-        if value and role == "source":
-            self.error(f"fuse runs a node in its producer's thread, but {name!r} is a source; remove it",
-                       raw, "fuse", name, "fuse")
+        problem = fuse_problem(value, role, name)
+        if problem is not None:
+            self.error(problem, raw, "fuse", name, "fuse")
             return False
         return value
 
     def max_batch(self, name: str, raw: Mapping[str, Any], role: str | None) -> int:
         value = raw.get("max_batch", 1)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            self.error(f"max_batch must be an integer >= 1, got {value!r}", raw, "max_batch", name, "max_batch")
-            return 1
-        if value != 1 and role is not None and role != "operator":
-            self.error(f"max_batch only applies to operators, but {name!r} is a {role}; remove it",
-                       raw, "max_batch", name, "max_batch")
+        problem = max_batch_problem(value, role, name)
+        if problem is not None:
+            self.error(problem, raw, "max_batch", name, "max_batch")
             return 1
         return value
 
-    # -- the graph -------------------------------------------------------------------------------
+    # -- the graph ---------------------------------------------------------------------------------
 
     def graph(self, nodes: Mapping[str, Any]) -> None:
-        names = [str(n) for n in nodes]
+        """The wiring rules (`stream.rules.graph_issues`) on what is known of every node, each problem
+        placed at the line of the input, `inputs`, `join` or node it concerns."""
         parts = self.partial
-        for spec in parts.values():
-            raw = spec.raw
-            lines = self.input_lines.get(spec.name)
-            seen: set[str] = set()
-            for i, edge in enumerate(spec.inputs):
-                field = f"inputs[{i}]"
-                container, key = (lines, i) if isinstance(lines, LocatedList) else (raw, "inputs")
-                if edge.source not in nodes:
-                    others = [n for n in names if n != spec.name]
-                    self.error(f"unknown input {edge.source!r}{suggest(edge.source, others)}",
-                               container, key, spec.name, field)
-                elif edge.source == spec.name:
-                    self.error("a node cannot read its own output", container, key, spec.name, field)
-                elif edge.source in seen:
-                    self.error(f"input {edge.source!r} is listed twice; list it once (set queue_size/policy there)",
-                               container, key, spec.name, field)
-                elif edge.source in parts and parts[edge.source].role == "sink":
-                    self.error(f"input {edge.source!r} is a sink and produces no frames", container, key,
-                               spec.name, field)
-                seen.add(edge.source)
-            if spec.role == "source" and spec.inputs:
-                self.error(f"{spec.name!r} is a source ({spec.kind}) and takes no inputs; remove 'inputs'",
-                           raw, "inputs", spec.name, "inputs")
-            if spec.role in ("operator", "sink") and not spec.inputs and "inputs" not in raw:
-                self.error(f"{spec.name!r} is a{'n' if spec.role == 'operator' else ''} {spec.role} "
-                           f"({spec.kind}) and needs at least one input; add inputs: [<upstream node>]",
-                           raw, None, spec.name, "inputs")
-            elif spec.role in ("operator", "sink") and not spec.inputs and raw.get("inputs") in ([], None):
-                self.error(f"{spec.name!r} is a{'n' if spec.role == 'operator' else ''} {spec.role} "
-                           f"({spec.kind}) and needs at least one input; 'inputs' is empty", raw, "inputs",
-                           spec.name, "inputs")
-            if spec.join and len(spec.inputs) < 2:
-                self.error(f"join needs at least two inputs, {spec.name!r} has {len(spec.inputs)}; remove 'join'",
-                           raw, "join", spec.name, "join")
-        self.cycles(nodes)
-
-    def cycles(self, nodes: Mapping[str, Any]) -> None:
-        """Kahn's topological sort over the known edges; what is left over lies on or behind a cycle."""
-        specs = list(self.partial.values())
-        known = set(self.partial)
-        roles = {s.name: s.role for s in specs}
-        edges = {s.name: [e.source for e in s.inputs  # edges already reported (into sources, from sinks) skipped
-                          if e.source in known and e.source != s.name and s.role != "source"
-                          and roles[e.source] != "sink"] for s in specs}
-        indegree = {n: len(srcs) for n, srcs in edges.items()}
-        consumers: dict[str, list[str]] = {n: [] for n in edges}
-        for n, srcs in edges.items():
-            for src in srcs:
-                consumers[src].append(n)
-        ready = [n for n, d in indegree.items() if d == 0]
-        while ready:
-            n = ready.pop()
-            for c in consumers[n]:
-                indegree[c] -= 1
-                if indegree[c] == 0:
-                    ready.append(c)
-        left = {n for n, d in indegree.items() if d > 0}
-        reported: set[str] = set()
-        for start in [s.name for s in specs if s.name in left]:
-            if start in reported:
-                continue
-            path, node = [start], start
-            while True:  # walk upstream inside `left`; every such node has an upstream in `left`
-                node = next(src for src in edges[node] if src in left)
-                if node in path:
-                    cycle = path[path.index(node):] + [node]
-                    cycle.reverse()
-                    break
-                path.append(node)
-            if reported.isdisjoint(cycle):
-                self.error(f"the pipeline has a cycle: {' -> '.join(cycle)}; data must flow one way "
-                           "(remove one of these inputs)", nodes, cycle[0], cycle[0], "inputs")
-            reported.update(cycle)
+        views = [GraphNode(p.name, p.kind, p.role, tuple(i.source for i in p.inputs), p.join) for p in parts.values()]
+        for issue in graph_issues(views):
+            raw = parts[issue.node].raw
+            lines = self.input_lines.get(issue.node)
+            if issue.index is not None and isinstance(lines, LocatedList):
+                container, key = lines, issue.index
+            elif issue.cycle:
+                container, key = nodes, issue.node
+            elif issue.field in raw or issue.field.startswith("inputs"):
+                container, key = raw, "inputs" if issue.field.startswith("inputs") else issue.field
+            else:
+                container, key = raw, None
+            self.error(issue.message, container, key if key in (container or {}) or isinstance(key, int) else None,
+                       issue.node, issue.field)
 
 
 def _class_hint(kind: str) -> str:
@@ -437,14 +390,12 @@ def _class_hint(kind: str) -> str:
 
     names = [n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, Node)
              and v.role in ("source", "operator", "sink")]
-    close = difflib.get_close_matches(attr, names, n=1)
-    return f"; did you mean '{module_name}:{close[0]}'?" if close else ""
+    close = closest(attr, names)
+    return f"; did you mean '{module_name}:{close}'?" if close else ""
 
 
-def warn_cpu_fallback(node: str, device: str, available: int | None, loc: SourceLocation) -> None:
-    warnings.warn(
-        f"{loc}: node {node!r} asks for {device!r} but {available or 0} CUDA device(s) are visible; "
-        "running it on cpu because options.allow_cpu_fallback is true",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+def build_pipeline(mapping: Mapping[str, Any], source_name: str | None = None,
+                   issues: list[ConfigIssue] | None = None,
+                   cuda_count: Callable[[], int | None] = cuda_device_count) -> PipelineSpec:
+    """Validate a config mapping (from YAML or a Python dict) into a `PipelineSpec`."""
+    return PipelineChecker(source_name, list(issues or []), cuda_count).build(mapping)

@@ -8,7 +8,9 @@ transport can implement the same two calls later.
 
 Accounting, per edge, once the run has ended: offered = delivered + dropped + discarded, where
 `dropped` counts frames evicted by the queue policy and `discarded` counts frames that arrived after
-the consumer had stopped (a fatal error) or were still queued when it stopped.
+the consumer had stopped (a fatal error) or were still queued when it stopped. Either way a frame that
+carries a completion ticket has it resolved as dropped (by the thread that dropped it, after the
+lock is released).
 
 Policies (`stream.spec.QueuePolicy`):
 - block: lossless; a producer waits while the queue holds `capacity` frames.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Iterable
 
 from stream.frame import Frame
 from stream.spec import QueuePolicy
@@ -51,7 +53,7 @@ class Edge:
     """One bounded input queue from node `source` into node `target`."""
 
     __slots__ = ("source", "target", "index", "capacity", "policy", "counters", "finished", "_items",
-                 "_inbox", "_latest", "on_drop", "_drops")
+                 "_inbox", "_latest")
 
     def __init__(self, inbox: "Inbox", source: str, capacity: int, policy: QueuePolicy) -> None:
         if not isinstance(capacity, int) or capacity < 1:
@@ -67,10 +69,6 @@ class Edge:
         self.counters = EdgeCounters()
         self.finished = False  # the producer will put nothing more
         self._items: deque[Item] = deque()
-        # Called (frame, consumer name) for each frame the policy drops, after the lock is released:
-        # the executor tells the frame's source (a request/reply source answers `overloaded` at once).
-        self.on_drop: Callable[[Frame, str], None] | None = None
-        self._drops: list[Frame] = []  # dropped under the lock, reported after it (producer thread only)
         self._inbox = inbox
         inbox.edges.append(self)
         inbox._open_edges += 1
@@ -91,46 +89,52 @@ class Edge:
         inbox = self._inbox
         counters = self.counters
         items = self._items
+        accepted = True
+        dropped: list[Frame] | None = None
         with inbox._lock:
             counters.offered += 1
             if inbox._closed:
+                accepted = False
+            elif self._latest or len(items) >= self.capacity:
+                dropped = self._make_room(frame)
+                accepted = dropped is not None
+            if accepted:
+                items.append((frame, t_ns, event))
+                inbox._count += 1
+                depth = len(items)
+                if depth > counters.max_depth:
+                    counters.max_depth = depth
+                if inbox._consumer_waiting:
+                    inbox._consumer_waiting = False
+                    inbox._wake.release()
+            else:
                 counters.discarded += 1
-                return False
-            if self._latest or len(items) >= self.capacity:
-                if not self._make_room(frame):
-                    counters.discarded += 1
-                    return False
-            items.append((frame, t_ns, event))
-            inbox._count += 1
-            depth = len(items)
-            if depth > counters.max_depth:
-                counters.max_depth = depth
-            if inbox._consumer_waiting:
-                inbox._consumer_waiting = False
-                inbox._wake.release()
-        if self._drops:
-            self._report_drops()
+        if not accepted:
+            resolve_dropped((frame,), self.target)
+            return False
+        if dropped:
+            resolve_dropped(dropped, self.target)
         return True
 
-    def _report_drops(self) -> None:
-        drops, self._drops = self._drops, []
-        for dropped in drops:
-            self.on_drop(dropped, self.target)  # type: ignore[misc]
-
-    def pass_through(self) -> bool:
-        """Count a frame handed straight to a consumer running in the producer's thread (operator
-        chaining, no queue); False (counted as discarded) if the consumer has stopped."""
+    def pass_through(self, frame: Frame) -> bool:
+        """Count `frame` handed straight to a consumer running in the producer's thread (operator
+        chaining, no queue); False (counted as discarded, its ticket resolved) if the consumer stopped."""
         counters = self.counters
         with self._inbox._lock:
             counters.offered += 1
-            if self._inbox._closed:
+            closed = self._inbox._closed
+            if closed:
                 counters.discarded += 1
-                return False
-            counters.delivered += 1
+            else:
+                counters.delivered += 1
+        if closed:
+            resolve_dropped((frame,), self.target)
+            return False
         return True
 
-    def _make_room(self, frame: Frame) -> bool:
-        """Apply the policy before appending `frame` (inbox lock held); False if the inbox closed."""
+    def _make_room(self, frame: Frame) -> list[Frame] | None:
+        """Apply the policy before appending `frame` (inbox lock held): the frames it dropped (those
+        with a ticket), or None if the inbox closed while waiting for room."""
         inbox = self._inbox
         items = self._items
         policy = self.policy
@@ -139,23 +143,24 @@ class Edge:
                 inbox._producers_waiting += 1
                 inbox._not_full.wait()
                 inbox._producers_waiting -= 1
-            return not inbox._closed
+            return None if inbox._closed else []
+        dropped: list[Frame] = []
         if policy is QueuePolicy.LATEST:
             stream = frame.stream
             for i, item in enumerate(items):
                 if item[0].stream == stream:
                     del items[i]
-                    self._count_drop(item[0])
+                    self._count_drop(item[0], dropped)
                     break
         while len(items) >= self.capacity:
-            self._count_drop(items.popleft()[0])
-        return True
+            self._count_drop(items.popleft()[0], dropped)
+        return dropped
 
-    def _count_drop(self, frame: Frame) -> None:
+    def _count_drop(self, frame: Frame, dropped: list[Frame]) -> None:
         self.counters.dropped += 1
         self._inbox._count -= 1
-        if self.on_drop is not None:
-            self._drops.append(frame)
+        if frame.ticket is not None:
+            dropped.append(frame)
 
     def finish(self) -> None:
         """The producer is done: once this edge is empty it contributes nothing more."""
@@ -299,16 +304,29 @@ class Inbox:
         return item
 
     def close(self) -> int:
-        """The consumer stops: queued frames are discarded (counted) and producers stop waiting."""
+        """The consumer stops: queued frames are discarded (counted, tickets resolved) and producers stop
+        waiting."""
+        tickets: list[tuple[Frame, str]] = []
         with self._lock:
             discarded = 0
             for edge in self.edges:
                 n = len(edge._items)
                 edge.counters.discarded += n
                 discarded += n
+                tickets += [(item[0], edge.target) for item in edge._items if item[0].ticket is not None]
                 edge._items.clear()
             self._count = 0
             self._closed = True
             self._wake_consumer()
             self._not_full.notify_all()
-            return discarded
+        for frame, target in tickets:
+            resolve_dropped((frame,), target)
+        return discarded
+
+
+def resolve_dropped(frames: Iterable[Frame], node: str) -> None:
+    """Resolve the tickets of frames that never reached `node`."""
+    for frame in frames:
+        ticket = frame.ticket
+        if ticket is not None:
+            ticket.dropped(node, frame)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from stream.ticket import Ticket
+
 # The monotonic clock used for every timestamp in costream (capture, trace, latency), in ns. Bound
 # directly (no wrapper function): the runtime reads it several times per frame.
 now_ns = time.monotonic_ns
@@ -21,7 +23,9 @@ class Frame:
     """One sample of one sensor stream.
 
     `data` is a tensor, an ndarray, or a dict of them; `meta` is a small read-only mapping;
-    `trace` holds (node name, monotonic ns) pairs appended as the frame moves through nodes.
+    `trace` holds (node name, monotonic ns) pairs appended as the frame moves through nodes;
+    `ticket` is the optional completion handle its source attached (`stream.ticket`), kept by
+    `derive`, so whoever made the frame hears what became of it.
     """
 
     stream: str
@@ -30,6 +34,7 @@ class Frame:
     data: Any
     meta: Mapping[str, Any] = field(default_factory=dict)
     trace: tuple[tuple[str, int], ...] = ()
+    ticket: Ticket | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.meta, MappingProxyType):
@@ -46,7 +51,7 @@ class Frame:
 
     @staticmethod
     def trusted(stream: str, seq: int, t_capture: int, data: Any, meta: MappingProxyType,
-                trace: tuple[tuple[str, int], ...]) -> "Frame":
+                trace: tuple[tuple[str, int], ...], ticket: Ticket | None = None) -> "Frame":
         """A Frame from values the runtime already checked (`meta` a MappingProxyType), without the
         dataclass __init__: about half the cost, for the per-frame hot paths (executor, sources)."""
         frame = _NEW(Frame)
@@ -56,6 +61,7 @@ class Frame:
         _SET_DATA(frame, data)
         _SET_META(frame, meta)
         _SET_TRACE(frame, trace)
+        _SET_TICKET(frame, ticket)
         return frame
 
     @property
@@ -66,5 +72,5 @@ class Frame:
 
 # Slot setters for Frame.trusted (bypass the frozen dataclass's __setattr__ like its own __init__ does).
 _NEW = object.__new__
-_SET_STREAM, _SET_SEQ, _SET_T_CAPTURE, _SET_DATA, _SET_META, _SET_TRACE = (
-    Frame.__dict__[name].__set__ for name in ("stream", "seq", "t_capture", "data", "meta", "trace"))
+_SET_STREAM, _SET_SEQ, _SET_T_CAPTURE, _SET_DATA, _SET_META, _SET_TRACE, _SET_TICKET = (
+    Frame.__dict__[name].__set__ for name in ("stream", "seq", "t_capture", "data", "meta", "trace", "ticket"))

@@ -5,8 +5,9 @@ joined frame's data is {input_name: data}, its t_capture is the earliest of the 
 latency is measured from the first sensor), its meta is the parts' meta merged in input order and its
 trace is the union of the parts' traces in time order. A key whose parts do not all arrive within
 `timeout_s` of its first part, or that is pushed out because more than `max_pending` keys are open,
-is dropped and counted as incomplete; so is everything still pending when the inputs end.
-The clock is injectable so tests need no sleeps.
+is dropped and counted as incomplete; so is everything still pending when the inputs end (each part
+dropped that way is handed to `on_drop`, e.g. to resolve its completion ticket). A joined frame
+carries the ticket of its first part that has one. The clock is injectable so tests need no sleeps.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class _Pending:
 class Joiner:
     """Collects parts by (stream, seq) from the inputs named `inputs`, in that order."""
 
-    def __init__(self, inputs: Sequence[str], spec: JoinSpec, clock: Callable[[], int] = now_ns) -> None:
+    def __init__(self, inputs: Sequence[str], spec: JoinSpec, clock: Callable[[], int] = now_ns,
+                 on_drop: Callable[[Frame], None] | None = None) -> None:
         if len(inputs) < 2:
             raise ValueError(f"a join needs at least two inputs, got {list(inputs)}; remove `join:` or add inputs")
         if len(set(inputs)) != len(inputs):
@@ -58,6 +60,7 @@ class Joiner:
         self.spec = spec
         self._timeout_ns = int(spec.timeout_s * 1e9)
         self._clock = clock
+        self._on_drop = on_drop
         self._pending: OrderedDict[tuple[str, int], _Pending] = OrderedDict()
         self.counters = JoinCounters()
 
@@ -115,6 +118,10 @@ class Joiner:
         entry = self._pending.pop(key)
         self.counters.incomplete += 1
         self.counters.parts_dropped += sum(p is not None for p in entry.parts)
+        if self._on_drop is not None:
+            for part in entry.parts:
+                if part is not None:
+                    self._on_drop(part)
 
     def _merge(self, parts: list[Frame]) -> Frame:
         first = min(parts, key=lambda p: p.t_capture)
@@ -129,4 +136,5 @@ class Joiner:
             data={name: part.data for name, part in zip(self.inputs, parts)},
             meta=MappingProxyType(meta),
             trace=trace,
+            ticket=next((p.ticket for p in parts if p.ticket is not None), None),
         )

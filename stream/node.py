@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 from stream.frame import Frame, now_ns
+from stream.ticket import Ticket
+
+_NO_META: MappingProxyType = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -87,57 +91,34 @@ class Source(Node):
         seq: int | None = None,
         t_capture: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        ticket: Ticket | None = None,
     ) -> Frame:
-        """Stamp `data` with stream id, the next per-stream sequence number and the capture time."""
+        """Stamp `data` with stream id, the next per-stream sequence number (or `seq`, from which the
+        stream then counts on) and the capture time; `ticket` lets this source hear what becomes of the
+        frame (`stream.ticket`)."""
         stream = self.name if stream is None else stream
         if seq is None:
             seq = self._next_seq.get(stream, 0)
         self._next_seq[stream] = seq + 1
-        return Frame(
-            stream=stream,
-            seq=seq,
-            t_capture=now_ns() if t_capture is None else t_capture,
-            data=data,
-            meta=dict(meta or {}),
-        )
+        return Frame.trusted(stream, seq, now_ns() if t_capture is None else t_capture, data,
+                             MappingProxyType(dict(meta)) if meta else _NO_META, (), ticket)
 
     def stop(self) -> None:
         """Ask a `frames()` that may block (on a socket, a camera) to end soon.
 
         Called by the runtime when the pipeline is asked to stop, possibly from a signal handler:
-        only set a flag or an Event here. Sources that never block need not override it.
-        """
-
-    def frame_failed(self, frame: Frame, node: str, error: BaseException) -> None:
-        """A frame this source produced made node `node` raise (the runtime has counted and logged it).
-
-        Called from the failing node's thread. Sources that answer requests (a ZeroMQ router) reply
-        with an error at once instead of letting the requester time out; others need not override it.
+        only set a flag or an Event here. A second call means the stop no longer drains: stop waiting
+        for anything (e.g. for answers to requests already accepted). Sources that never block need
+        not override it.
         """
 
     @classmethod
-    def served_preprocess(cls, params: Any) -> tuple[str, Any] | None:
-        """When `costream serve` replaces this source by the request socket: the (node kind, params) of
-        an operator that turns a request into what this source would have emitted (a video source's
-        resize, crop and normalisation), or None to hand requests on as they are."""
+    def preprocess_step(cls, params: Any) -> tuple[str, Any] | None:
+        """This source's own processing of raw sensor samples as an operator: (node kind, params), or
+        None when it emits samples as the sensor gives them. Used where raw samples arrive another way
+        (requests to `costream serve`, a recording): a video source answers with its resize, crop and
+        normalisation, so camera images sent by a robot become what the source would have made."""
         return None
-
-    def frame_ended(self, frame: Frame, node: str) -> None:
-        """A frame this source produced ended in operator `node` without any output, and never will
-        get one there (see `Operator.outputs_follow_inputs`): a continual model filling its receptive
-        field, or between the outputs of a temporal stride.
-
-        Called from that node's thread. Sources that answer requests (a ZeroMQ router) reply at once
-        ("no output yet") instead of letting the requester time out; others need not override it.
-        """
-
-    def frame_dropped(self, frame: Frame, node: str) -> None:
-        """A frame this source produced was dropped by the lossy queue (`latest`, `drop_oldest`) in
-        front of node `node`; the edge has counted it.
-
-        Called from the producing node's thread. Sources that answer requests (a ZeroMQ router) reply
-        `overloaded` at once instead of letting the requester time out; others need not override it.
-        """
 
     @property
     def native_rate_hz(self) -> float | None:
@@ -159,10 +140,10 @@ class Operator(Node):
     """
 
     role = "operator"
-    # True when each output belongs to the input of the same (stream, seq) and is emitted by the call
-    # that got that input (`frame.derive`), so an input left without output in that call never gets
-    # one: the runtime then tells the frame's source at once (`Source.frame_ended`). Leave it False
-    # for operators that hold frames back and emit them later.
+    # True when every output is derived (`frame.derive`) from an input of the same call, so that an
+    # input left without output in that call never gets one: the runtime then completes the input's
+    # ticket as ended (`stream.ticket`) at once. Leave it False for operators that hold frames back
+    # and emit them later.
     outputs_follow_inputs: ClassVar[bool] = False
 
     def process(self, frame: Frame) -> Frame | Iterable[Frame] | None:

@@ -1,65 +1,63 @@
 """Device placement for the local executor: CUDA streams per worker and once-per-device transfers.
 
+Which device a node runs on is decided by `stream.devices` (the one resolver); this module moves the
+data there.
+
 torch is imported only when a pipeline names a CUDA device, so non-tensor pipelines run without it.
 A node on `cuda:N` runs its worker under its own `torch.cuda.Stream`; frames whose tensors live
 elsewhere are copied to the node's device once per (frame, device) with non-blocking copies and shared
-by every consumer on that device. Ordering across streams uses CUDA events: a CUDA producer records
+by every consumer on that device: a copy is kept only until each consumer on that device has taken it
+(`copies`), and the copies kept at once are bounded in bytes (a consumer whose queue dropped the frame
+never asks; the oldest copies give way first, and a consumer that comes late copies again). Ordering across streams uses CUDA events: a CUDA producer records
 one event per emission; a consumer on the same device makes its stream wait on it, a CPU consumer or a
 cross-device copy synchronises on it first (the host or another device is about to read the data).
 """
 from __future__ import annotations
 
 import threading
-import warnings
 from collections import OrderedDict
 from contextlib import nullcontext
 from typing import Any, ContextManager
 
 from stream.frame import Frame
 
-
-class DeviceUnavailableError(RuntimeError):
-    pass
+DEFAULT_CACHE_BYTES = 256 * 1024 * 1024  # copies kept for consumers that have not asked for them yet
 
 
 def is_cuda(device: str) -> bool:
     return device == "cuda" or device.startswith("cuda:")
 
 
-def resolve_device(device: str, node: str, allow_cpu_fallback: bool) -> str:
-    """The device a node will run on; refuses (or falls back to CPU) when a GPU is missing."""
-    if not is_cuda(device):
-        if device != "cpu":
-            raise DeviceUnavailableError(
-                f"node {node!r}: device {device!r} is not supported; use 'cpu', 'cuda' or 'cuda:N'")
-        return device
-    try:
-        import torch
-    except ImportError as exc:  # pragma: no cover - torch is a dependency
-        problem = f"torch is not importable ({exc})"
-    else:
-        index = 0 if device == "cuda" else int(device.partition(":")[2] or 0)
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if index < count:
-            return f"cuda:{index}"
-        problem = f"this machine has {count} CUDA device(s)"
-    if allow_cpu_fallback:
-        warnings.warn(f"node {node!r} asks for {device!r} but {problem}; running it on CPU "
-                      f"(options.allow_cpu_fallback is true)", RuntimeWarning, stacklevel=3)
-        return "cpu"
-    raise DeviceUnavailableError(
-        f"node {node!r} asks for device {device!r} but {problem}. Set `device: cpu` for this node, or "
-        f"`options: {{allow_cpu_fallback: true}}` to run it on CPU with a warning")
+class _Copy:
+    """One cached copy: the frame (held so that id(frame) stays unique), its copy on the device, the event
+    that marks the copy's end, how many consumers still have to take it, and its size."""
+
+    __slots__ = ("frame", "moved", "event", "left", "nbytes")
+
+    def __init__(self, frame: Frame, moved: Frame, event: Any, left: int, nbytes: int) -> None:
+        self.frame, self.moved, self.event, self.left, self.nbytes = frame, moved, event, left, nbytes
 
 
 class DevicePlacement:
-    """Per-worker CUDA stream plus the shared, bounded (frame, device) transfer cache."""
+    """Per-worker CUDA stream plus the shared (frame, device) transfer cache, bounded by `max_bytes`."""
 
-    def __init__(self, cache_size: int = 256) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple[int, str], tuple[Frame, Frame, Any]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[int, str], _Copy] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._device_locks: dict[str, threading.Lock] = {}
+
+    @property
+    def cached(self) -> int:
+        """Copies held for consumers that have not taken them yet."""
+        return len(self._cache)
+
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
 
     @staticmethod
     def make_stream(device: str) -> Any:
@@ -89,8 +87,9 @@ class DevicePlacement:
         event.record(stream)
         return event
 
-    def prepare(self, frame: Frame, event: Any, device: str, stream: Any) -> Frame:
-        """The frame as the consumer on `device` (running on `stream`) must see it."""
+    def prepare(self, frame: Frame, event: Any, device: str, stream: Any, copies: int = 1) -> Frame:
+        """The frame as the consumer on `device` (running on `stream`) must see it; `copies` is how many
+        consumers on `device` receive this frame (the copy is released once they all took it)."""
         needs_move = _has_tensor_elsewhere(frame.data, device)
         if event is not None:
             if stream is not None and not needs_move:
@@ -105,19 +104,30 @@ class DevicePlacement:
             return frame
         key = (id(frame), device)
         with self._device_lock(device):  # one copy per (frame, device) even when consumers race
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] is frame:
-                if hit[2] is not None and stream is not None:
-                    stream.wait_event(hit[2])  # the copy was queued on another consumer's stream
-                _record_stream(hit[1].data, stream)
-                return hit[1]
-            moved = frame.derive(_move(frame.data, device))
-            copied = self.record_event(stream)
             with self._lock:
-                self._cache[key] = (frame, moved, copied)  # holding `frame` keeps id(frame) unique
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+                hit = self._cache.get(key)
+                if hit is not None and hit.frame is frame:
+                    hit.left -= 1
+                    if hit.left <= 0:
+                        self._forget(key)
+            if hit is not None and hit.frame is frame:
+                if hit.event is not None and stream is not None:
+                    stream.wait_event(hit.event)  # the copy was queued on another consumer's stream
+                _record_stream(hit.moved.data, stream)
+                return hit.moved
+            moved = frame.derive(_move(frame.data, device))
+            if copies > 1:
+                entry = _Copy(frame, moved, self.record_event(stream), copies - 1, _nbytes(moved.data))
+                with self._lock:
+                    self._cache[key] = entry
+                    self._bytes += entry.nbytes
+                    while self._bytes > self._max_bytes and self._cache:
+                        self._forget(next(iter(self._cache)))
         return moved
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        """Drop one cached copy (lock held)."""
+        self._bytes -= self._cache.pop(key).nbytes
 
     def _device_lock(self, device: str) -> threading.Lock:
         with self._lock:
@@ -144,6 +154,17 @@ def _has_tensor_elsewhere(data: Any, device: str) -> bool:
     if isinstance(data, (list, tuple)):
         return any(_has_tensor_elsewhere(v, device) for v in data)
     return False
+
+
+def _nbytes(data: Any) -> int:
+    torch = _torch()
+    if torch is not None and isinstance(data, torch.Tensor):
+        return data.element_size() * data.nelement()
+    if isinstance(data, dict):
+        return sum(_nbytes(v) for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return sum(_nbytes(v) for v in data)
+    return int(getattr(data, "nbytes", 0))
 
 
 def _move(data: Any, device: str) -> Any:

@@ -1,19 +1,26 @@
 """The explicit registry of node kinds: short names (`video`, `cox3d`) to node classes.
 
-Kinds register with the `register` decorator at import time; modules that hold kinds are listed
-under the `costream.nodes` entry-point group (see pyproject.toml) and imported on first lookup, so
-plugins in other distributions register the same way. `package.module:Class` names work without
-registering anything.
+Kinds register with the `register` decorator at import time. The modules that hold kinds are listed
+in ONE place, the `costream.nodes` entry-point group of pyproject.toml (one line per family:
+`video = "sensors.video.nodes"`), and imported on first lookup. From a source checkout (with or
+without an installed copy) that list is read from the checkout's own pyproject.toml, so a plain
+`PYTHONPATH=.` finds every kind; an installed wheel reads it from its entry points. Plugins in other
+distributions register through the same entry-point group. `package.module:Class` names work
+without registering anything.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Callable, TypeVar
 
 from stream.node import Node
+from stream.suggest import suggest
+
+ENTRY_POINT_GROUP = "costream.nodes"
+DISTRIBUTION = "costream"
 
 N = TypeVar("N", bound=type[Node])
 
@@ -44,22 +51,62 @@ def register(name: str) -> Callable[[N], N]:
     return decorate
 
 
+def node_modules(checkout: Path | None = None) -> list[str]:
+    """The modules that register node kinds, in order: costream's own list (from the checkout's
+    pyproject.toml when running from a source tree, else from the installed entry points), then the
+    entry points of other distributions."""
+    own = checkout_node_modules(Path(__file__).resolve().parents[1] if checkout is None else checkout)
+    modules = list(own or [])
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(getattr(ep, "dist", None), "name", None)
+        if own is not None and dist == DISTRIBUTION:
+            continue  # an installed copy's list may be older than the checkout that is running
+        if ep.value not in modules:
+            modules.append(ep.value)
+    return modules
+
+
+def checkout_node_modules(root: Path) -> list[str] | None:
+    """The `costream.nodes` entry points of `root/pyproject.toml` if it is costream's, else None."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: the one table this needs, read line by line
+        return _entry_points_table(text)
+    data = tomllib.loads(text)
+    project = data.get("project", {})
+    if project.get("name") != DISTRIBUTION:
+        return None
+    return [str(v) for v in project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {}).values()]
+
+
+def _entry_points_table(text: str) -> list[str] | None:
+    if f'name = "{DISTRIBUTION}"' not in text:
+        return None
+    modules: list[str] = []
+    inside = False
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("["):
+            inside = line == f'[project.entry-points."{ENTRY_POINT_GROUP}"]'
+        elif inside and "=" in line:
+            modules.append(line.split("=", 1)[1].strip().strip('"').strip("'"))
+    return modules
+
+
 def load_plugins() -> None:
-    """Import every module listed under the `costream.nodes` entry points (once)."""
+    """Import every module that registers node kinds (once)."""
     if _PLUGINS_LOADED[0]:
         return
     _PLUGINS_LOADED[0] = True
-    modules = [ep.value for ep in entry_points(group="costream.nodes")]
-    # Built-in kinds also when the package is used from a source tree without being installed.
-    modules += [m for m in BUILTIN_NODE_MODULES if m not in modules]
-    for module in modules:
+    for module in node_modules():
         try:
             importlib.import_module(module)
         except ImportError as exc:  # an optional extra is missing: its kinds stay unavailable
             warnings.warn(f"node kinds from {module!r} are unavailable: {exc}", stacklevel=2)
-
-
-BUILTIN_NODE_MODULES: tuple[str, ...] = ("stream.nodes", "stream.zmq.nodes", "sensors.lidar.nodes")
 
 
 def kinds() -> dict[str, type[Node]]:
@@ -85,6 +132,5 @@ def resolve(kind: str) -> type[Node]:
     known = kinds()
     if kind in known:
         return known[kind]
-    close = difflib.get_close_matches(kind, list(known), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known kinds: {', '.join(known)}"
-    raise UnknownKindError(f"kind {kind!r} is unknown{hint} (run `costream list` to see all kinds)")
+    raise UnknownKindError(f"kind {kind!r} is unknown{suggest(kind, known, 'known kinds')} "
+                           "(run `costream list` to see all kinds)")

@@ -13,7 +13,8 @@ from typing import Any
 
 from stream.params import params_json_schema
 from stream.registry import kinds
-from stream.spec import ErrorPolicy, QueuePolicy
+from stream.executors import executor_names
+from stream.spec import DEFAULT_EXECUTOR, ErrorPolicy, QueuePolicy
 
 SCHEMA_ID = "https://costream.dev/schema/pipeline-v1.json"
 NODE_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
@@ -43,7 +44,8 @@ def _common_node_properties() -> dict[str, Any]:
                 {"type": "array", "items": {"anyOf": [{"type": "string", "pattern": NODE_NAME}, edge]}},
             ],
         },
-        "device": {"type": "string", "pattern": r"^(cpu|cuda(:\d+)?)$", "default": "cpu"},
+        "device": {"type": "string", "pattern": r"^(cpu|cuda)(:\d+)?$", "default": "cpu",
+                   "description": "cpu, cpu:N (pin the node's thread to CPU core N), cuda or cuda:N"},
         "on_error": {"enum": [p.value for p in ErrorPolicy], "default": ErrorPolicy.CONTINUE.value},
         "join": {
             "description": "join the inputs by (stream, seq); process() then gets {input: data}",
@@ -113,6 +115,8 @@ def pipeline_schema(kind_classes: dict[str, type] | None = None) -> dict[str, An
             "version": {"const": 1},
             "name": {"type": "string"},
             "description": {"type": "string"},
+            "executor": {"enum": executor_names(), "default": DEFAULT_EXECUTOR,
+                         "description": "where the nodes run: local (threads in this process), ray (a Ray cluster)"},
             "options": {
                 "type": "object",
                 "additionalProperties": False,

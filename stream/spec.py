@@ -1,13 +1,22 @@
-"""The validated, immutable description of a pipeline that executors run.
+"""The immutable description of a pipeline that executors run.
 
-`stream.config` builds a `PipelineSpec` from YAML or a dict and validates everything; executors
-(`stream.executor` for local threads, `stream.ray_executor` for Ray) only consume it.
+`stream.config` builds a `PipelineSpec` from YAML or a dict (checking types, kinds and params with
+file and line); code may build one directly (`stream.testing.pipeline_spec`, `costream serve`).
+However it was built, `PipelineSpec.validate()` applies the pipeline rules (`stream.rules`), and
+every executor validates through it (`stream.plan.GraphPlan`) before anything is set up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from stream.devices import DeviceError, parse_device
+from stream.rules import (
+    GraphNode, fuse_problem, graph_issues, join_problems, max_batch_problem, queue_size_problem, rate_problem,
+)
+
+DEFAULT_EXECUTOR = "local"
 
 
 class QueuePolicy(str, Enum):
@@ -71,7 +80,7 @@ class NodeSpec:
     max_batch: int = 1  # operators: step up to this many queued frames at once via process_batch
     location: SourceLocation = field(default_factory=SourceLocation)
     # Operator chaining: run this node in its producer's worker thread (no queue hand-off). Only for
-    # one `block` input from a single-output producer on the same device; see stream/executor.py.
+    # one `block` input from a single-output producer on the same device; see stream/plan.py.
     fuse: bool = False
 
     @property
@@ -82,6 +91,26 @@ class NodeSpec:
         """A fresh node instance (executors call this once per run)."""
         return self.node_class(self.params)
 
+    def problems(self) -> list[str]:
+        """What is wrong with this node's own fields (its wiring is checked by the pipeline)."""
+        role = self.role if isinstance(self.node_class, type) and hasattr(self.node_class, "role") else None
+        found = [rate_problem(self.rate_hz, role, self.name), max_batch_problem(self.max_batch, role, self.name),
+                 fuse_problem(self.fuse, role, self.name)]
+        found += [queue_size_problem(i.queue_size, i.source, self.name) for i in self.inputs]
+        for i in self.inputs:
+            try:
+                QueuePolicy(i.policy)
+            except ValueError:
+                found.append(f"input {i.source!r}: invalid policy {i.policy!r}; valid values: "
+                             f"{', '.join(p.value for p in QueuePolicy)}")
+        try:
+            parse_device(self.device)
+        except DeviceError as exc:
+            found.append(str(exc))
+        if self.join is not None:
+            found += [message for _, message in join_problems(self.join.timeout_s, self.join.max_pending)]
+        return [p for p in found if p is not None]
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
@@ -90,6 +119,7 @@ class PipelineSpec:
     allow_cpu_fallback: bool = False
     warmup_frames: int = 10
     source: SourceLocation = field(default_factory=SourceLocation)
+    executor: str = DEFAULT_EXECUTOR  # which executor runs it (`stream.executors`): YAML `executor:`, --executor
 
     def node(self, name: str) -> NodeSpec:
         for spec in self.nodes:
@@ -99,3 +129,27 @@ class PipelineSpec:
 
     def consumers(self, name: str) -> list[NodeSpec]:
         return [n for n in self.nodes if any(i.source == name for i in n.inputs)]
+
+    def problems(self) -> list[str]:
+        """Every rule this pipeline breaks, as `node 'x', field 'y': message` lines."""
+        graph = [GraphNode(n.name, n.kind, n.role, tuple(i.source for i in n.inputs), n.join is not None)
+                 for n in self.nodes]
+        found = [f"node {i.node!r}, field {i.field!r}: {i.message}" for i in graph_issues(graph)]
+        for node in self.nodes:
+            found += [f"node {node.name!r}: {p}" for p in node.problems()]
+        return found
+
+    def validate(self) -> "PipelineSpec":
+        """Raise SpecError listing every rule this pipeline breaks; returns the spec when it is sound."""
+        problems = self.problems()
+        if problems:
+            raise SpecError(self.name, problems)
+        return self
+
+
+class SpecError(ValueError):
+    """A pipeline spec that breaks the pipeline rules; `problems` lists them one by one."""
+
+    def __init__(self, pipeline: str, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"pipeline {pipeline!r} breaks {len(problems)} rule(s): " + "; ".join(problems))

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.zmq.protocol import BAD_SHAPE, DECODE_FAILED, TENSOR_TOO_LARGE, Limits, ProtocolError, TensorSpec
+from stream.zmq.wire import BAD_SHAPE, DECODE_FAILED, TENSOR_TOO_LARGE, Limits, ProtocolError, TensorSpec
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}

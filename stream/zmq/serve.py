@@ -6,12 +6,15 @@ Two ways to write the pipeline:
   (pipelines/serve_passthrough.yaml); `--endpoint` and the CurveZMQ/limit flags override theirs;
 * wrapped: it has no ZeroMQ nodes; every source is replaced by ONE router source named `requests`
   (the consumers of the old sources read from it, through the source's own preprocessing when it
-  has some: `<source>_preprocess`, e.g. a video source's resize and normalisation) and every sink is
+  has some, `Source.preprocess_step`: `<source>_preprocess`, e.g. a video source's resize and
+  normalisation) and every sink is
   replaced by a reply sink fed by that sink's inputs, so each request is answered with what would
   have reached the sink.
 
-The CLI engineer wires `costream serve` to `add_arguments` / `run_from_args`; `python -m
-stream.zmq.serve` runs the same command standalone.
+The served spec is validated like any other (`PipelineSpec.validate`, through the executor's plan),
+runs on the executor the YAML or `--executor` names, and stops under the one stop policy of
+`costream run` (`stream.stopping`): the first Ctrl-C drains, a second stops without draining, and
+the report is written either way. `python -m stream.zmq.serve` runs the same command standalone.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ import gc
 import logging
 import signal
 import sys
-import threading
 from typing import Any, Sequence
 
 from stream.registry import resolve
@@ -57,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fewer thread hand-offs, lower latency, no pipelining between them (repeatable)")
     parser.add_argument("--no-fuse", action="store_true",
                         help="run every node in its own thread, ignoring `fuse: true` in the pipeline")
+    parser.add_argument("--executor", default=None, metavar="NAME",
+                        help="executor to run the pipeline on (default: the YAML's `executor:`, else local)")
 
 
 def _source_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,7 +107,7 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
     """Replace the sources by one router source and the sinks by reply sinks on their inputs.
 
     A source that preprocesses what it reads (a video source's resize, crop and normalisation;
-    `Source.served_preprocess`) is replaced by that preprocessing as an operator behind the router,
+    `Source.preprocess_step`) is replaced by that preprocessing as an operator behind the router,
     so requests carry what the sensor delivers (camera images), not model inputs."""
     sources = {n.name for n in spec.nodes if n.role == "source"}
     taken = {n.name for n in spec.nodes}
@@ -112,7 +116,7 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
     nodes: list[NodeSpec] = [NodeSpec(name=source_name, kind="zmq_source", node_class=ZmqSource, params=params)]
     feeds = {name: source_name for name in sources}  # old source -> the node its consumers now read from
     for node in spec.nodes:
-        step = node.node_class.served_preprocess(node.params) if node.role == "source" else None
+        step = node.node_class.preprocess_step(node.params) if node.role == "source" else None
         if step is None:
             continue
         kind, step_params = step
@@ -148,7 +152,8 @@ def wrap(spec: PipelineSpec, params: ZmqSourceParams, source_name: str = "reques
 def run_from_args(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C/SIGTERM; 0 on a clean stop, 1 on a fatal pipeline error, 2 on a config error."""
     from stream.config import ConfigError, load_pipeline
-    from stream.executor import LocalExecutor, PipelineStartError
+    from stream.executors import ExecutorUnavailableError, PipelineStartError, UnknownExecutorError, create_executor
+    from stream.stopping import StopOnSignals
 
     try:
         spec = serving_spec(load_pipeline(args.pipeline, overrides=args.overrides), _source_overrides(args))
@@ -161,36 +166,27 @@ def run_from_args(args: argparse.Namespace) -> int:
             print("costream serve: --fuse and --no-fuse contradict each other; pass one of them", file=sys.stderr)
             return 2
         spec = dataclasses.replace(spec, nodes=tuple(dataclasses.replace(n, fuse=False) for n in spec.nodes))
-    executor = LocalExecutor(spec, free_running=True, fuse=fuse)
     try:
-        executor.start()
-    except PipelineStartError as exc:
+        executor = create_executor(spec, getattr(args, "executor", None), free_running=True, fuse=fuse)
+    except (UnknownExecutorError, ExecutorUnavailableError) as exc:
         print(f"costream serve: {exc}", file=sys.stderr)
         return 2
-    # Everything loaded at start-up (modules, models, weights) lives as long as the server: move it out
-    # of the collector's sight, so periodic full collections stay short on the request path.
-    gc.freeze()
-
-    def stop(*_: Any) -> None:
-        executor.request_stop("serve stopped")
-        for node in executor.nodes.values():
-            if isinstance(node, ZmqSource):
-                node.stop()  # wakes frames() out of its poll loop
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    router = next(n for n in spec.nodes if n.node_class is ZmqSource)
-    readers = [n for n in spec.nodes if any(i.source == router.name for i in n.inputs)]
-    log.warning("serving pipeline %r on %s (Ctrl-C to stop); requests go to %s; %s", spec.name, router.params.endpoint,
-                ", ".join(f"{n.name} ({n.kind})" for n in readers) or "no node",
-                "streams are kept per client (the pipeline sees CLIENT/STREAM)" if router.params.stream_scope == "client"
-                else "stream ids are shared by all clients")
-    try:
+    with StopOnSignals(executor):
+        try:
+            executor.start()
+        except PipelineStartError as exc:
+            print(f"costream serve: {exc}", file=sys.stderr)
+            return 2
+        # Everything loaded at start-up (modules, models, weights) lives as long as the server: move it out
+        # of the collector's sight, so periodic full collections stay short on the request path.
+        gc.freeze()
+        router = next(n for n in spec.nodes if n.node_class is ZmqSource)
+        readers = [n for n in spec.nodes if any(i.source == router.name for i in n.inputs)]
+        log.warning("serving pipeline %r on %s (Ctrl-C to stop); requests go to %s; %s", spec.name,
+                    router.params.endpoint, ", ".join(f"{n.name} ({n.kind})" for n in readers) or "no node",
+                    "streams are kept per client (the pipeline sees CLIENT/STREAM)"
+                    if router.params.stream_scope == "client" else "stream ids are shared by all clients")
         report = executor.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if args.report:
         report.write_json(args.report)
     if report.fatal_error is not None:

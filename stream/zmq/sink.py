@@ -1,8 +1,9 @@
 """`zmq_sink`: pipeline results to other processes (PUB, PUSH, or replies on a source's ROUTER).
 
-In `reply` mode the sink never touches the ROUTER socket: it PUSHes each reply over inproc to the
-thread of the `zmq_source` serving `endpoint` (looked up in `stream.zmq.hub.HUB`), which forwards
-it to the requesting client. Large buffers are sent zero-copy.
+In `reply` mode the sink answers each frame's request by resolving the frame's completion ticket
+with the RESULT it built (`stream.ticket`); the router `zmq_source` that issued the ticket sends it to
+the requesting client. The sink never touches the ROUTER socket, and needs no endpoint: each request
+knows its way back. Large buffers are sent zero-copy.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import zmq
 
 from stream.frame import Frame
 from stream.node import NodeContext, Sink
-from stream.zmq.hub import HUB, ReplyChannel, ReplyHub
 from stream.zmq.reply import needs_zero_copy, result_parts
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, start_authenticator
 
@@ -26,7 +26,7 @@ log = logging.getLogger("costream.zmq")
 @dataclass(frozen=True)
 class ZmqSinkParams:
     mode: Literal["pub", "push", "reply"] = "reply"  # reply: answer the requests of a router zmq_source
-    endpoint: str | None = None  # pub/push: where to bind/connect; reply: the router source's endpoint
+    endpoint: str | None = None  # pub/push: where to bind/connect; reply: not needed (requests know their way back)
     bind: bool = True  # pub/push only
     allow_remote: bool = False  # pub/push: bind beyond loopback
     queue: Literal["latest", "bounded"] = "bounded"  # latest: drop a result rather than wait for the peer
@@ -52,12 +52,10 @@ class ZmqSink(Sink):
 
     Params = ZmqSinkParams
 
-    def __init__(self, params: ZmqSinkParams | None = None, hub: ReplyHub = HUB) -> None:
+    def __init__(self, params: ZmqSinkParams | None = None) -> None:
         super().__init__(params)
-        self._hub = hub
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
-        self._channel: ReplyChannel | None = None
         self._auth = None
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
@@ -67,7 +65,7 @@ class ZmqSink(Sink):
         super().setup(context)
         p: ZmqSinkParams = self.params
         if p.mode == "reply":
-            return  # the inproc socket is opened on the first frame, in the thread that sends
+            return  # replies travel with each frame's ticket
         self._ctx = zmq.Context()
         curve_server = curve_client = None
         if p.curve_secret_key is not None:
@@ -86,51 +84,29 @@ class ZmqSink(Sink):
             self.teardown()
             raise
 
-    def _reply_socket(self, channel: ReplyChannel) -> zmq.Socket:
-        if channel.attach is not None:
-            channel.attach()  # the source starts watching the inproc socket
-        sock = channel.context.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 10_000)
-        sock.setsockopt(zmq.LINGER, 500)
-        sock.connect(channel.inproc)
-        return sock
-
     def process(self, frame: Frame) -> None:
         p: ZmqSinkParams = self.params
         encodings = {}
         if p.encoding != "raw":
             encodings = {name: p.encoding for name in _image_names(frame)}
         if p.mode == "reply":
-            key = frame.meta.get("zmq.key")
-            if key.__class__ is not int and not isinstance(key, int):
+            ticket = frame.ticket
+            if ticket is None:
                 self._count("unroutable")
-                raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a client to "
+                raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a request to "
                                  "answer; its input must come from a zmq_source in router mode")
-            parts = result_parts(frame, encodings, p.jpeg_quality)
-            if self._channel is None:
-                self._channel = self._hub.lookup(self.params.endpoint)
-            deliver = self._channel.deliver
-            if deliver is not None and deliver(key, parts):  # running in the source's thread (fused)
+            if ticket.result(self.name, frame, result_parts(frame, encodings, p.jpeg_quality)):
                 self._sent += 1
-                return
-            copy = not needs_zero_copy(parts)
-            if self._sock is None:
-                self._sock = self._reply_socket(self._channel)
-            parts = [key.to_bytes(8, "little"), *parts]
-            try:
-                self._sock.send_multipart(parts, zmq.NOBLOCK, copy=copy)
-            except zmq.Again:
-                self._count("dropped")
-                return
-        else:
-            parts = result_parts(frame, encodings, p.jpeg_quality)
-            copy = not needs_zero_copy(parts)
-            flags = zmq.NOBLOCK if p.queue == "latest" else 0
-            try:
-                self._sock.send_multipart(parts, flags, copy=copy)
-            except zmq.Again:  # latest: the peer is behind; bounded: it stayed full for send_timeout_ms
-                self._count("dropped")
-                return
+            else:  # answered already (a timeout, or another output for the same request)
+                self._count("replies_late")
+            return
+        parts = result_parts(frame, encodings, p.jpeg_quality)
+        flags = zmq.NOBLOCK if p.queue == "latest" else 0
+        try:
+            self._sock.send_multipart(parts, flags, copy=not needs_zero_copy(parts))
+        except zmq.Again:  # latest: the peer is behind; bounded: it stayed full for send_timeout_ms
+            self._count("dropped")
+            return
         self._sent += 1
 
     def _count(self, key: str) -> None:
@@ -148,7 +124,6 @@ class ZmqSink(Sink):
         if self._sock is not None and not self._sock.closed:
             self._sock.close(linger=500)
         self._sock = None
-        self._channel = None
         if self._auth is not None:
             self._auth.stop()
             self._auth = None
