@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,11 @@ FRAMES = 200
 def test_the_ppn_pipeline_joins_every_frame_of_a_synthetic_run(tmp_path, one_torch_thread):
     overrides = ["lidar.columns=360", "seg_bev.grid=104", "recon_bev.grid=104", "seg.width=0.125",
                  "recon.width=0.125", "out.every=50", f"out.out_dir={tmp_path}"]
-    spec = load_pipeline(PIPELINE, overrides=overrides, env={})
-    assert [n.device for n in spec.nodes if n.name in ("seg", "recon")] == ["cpu", "cpu"]
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    env = {} if cores[:2] == [0, 1] else {"SEG_DEVICE": "cpu", "RECON_DEVICE": "cpu"}  # as shipped: cpu:0, cpu:1
+    spec = load_pipeline(PIPELINE, overrides=overrides, env=env)
+    devices = [n.device for n in spec.nodes if n.name in ("seg_bev", "seg", "recon_bev", "recon")]
+    assert devices == (["cpu:0", "cpu:0", "cpu:1", "cpu:1"] if not env else ["cpu"] * 4)
     check = node_spec("check", CollectSink, inputs=["seg", "recon"], join={"timeout_s": 60.0})
     spec = dataclasses.replace(spec, nodes=spec.nodes + (check,))
     ex = LocalExecutor(spec, free_running=True)
