@@ -307,8 +307,16 @@ def interleave(modes: dict[str, Callable[[int, int], list[float]]], frames: int,
 
 # -- GPU modes -------------------------------------------------------------------------------------
 def gpu_modes(args: argparse.Namespace, clouds: list[np.ndarray]) -> dict[str, list[float]]:
-    grid, width = args.gpu_grid, args.gpu_width
-    branches = [Branch(n, grid, width, args.seg_compute, device="cuda:0", seed=args.seed) for n in NETWORKS]
+    """`--gpu-device cpu` runs the same code paths on the CPU (no streams): the smoke test's way to
+    check this function without a GPU."""
+    grid, width, device = args.gpu_grid, args.gpu_width, args.gpu_device
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    branches = [Branch(n, grid, width, args.seg_compute, device=device, seed=args.seed) for n in NETWORKS]
 
     def seq(s: int, n: int) -> list[float]:
         times = []
@@ -316,29 +324,29 @@ def gpu_modes(args: argparse.Namespace, clouds: list[np.ndarray]) -> dict[str, l
             t0 = time.perf_counter()
             for b in branches:
                 b.step(clouds[i % len(clouds)])
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
         return times
 
-    on_streams = [Branch(n, grid, width, args.seg_compute, device="cuda:0", seed=args.seed) for n in NETWORKS]
+    on_streams = [Branch(n, grid, width, args.seg_compute, device=device, seed=args.seed) for n in NETWORKS]
     for branch in on_streams:
-        branch.stream = torch.cuda.Stream(device="cuda:0")
+        branch.stream = torch.cuda.Stream(device=device) if cuda else None
     modes: dict[str, Callable[[int, int], list[float]]] = {
         "gpu_seq": seq,
         "gpu_streams": lambda s, n: run_threads(on_streams, clouds, s, n, [None, None]),
     }
-    if torch.cuda.device_count() >= 2:
+    if cuda and torch.cuda.device_count() >= 2:
         two = [Branch(net, grid, width, args.seg_compute, f"cuda:{k}", args.seed) for k, net in enumerate(NETWORKS)]
         modes["gpu_2dev"] = lambda s, n: run_threads(two, clouds, s, n, [None, None])
-    gpu_raster = TorchRasteriser(BEVConfig.ppn(grid), "cuda:0")
     cfg = BEVConfig.ppn(grid)
+    gpu_raster = TorchRasteriser(cfg, device)
 
     def bev_gpu(s: int, n: int) -> list[float]:
         times = []
         for i in range(s, s + n):
             t0 = time.perf_counter()
             gpu_raster(clouds[i % len(clouds)])
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t0)
         return times
 
@@ -390,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0, help="CPU: encoder width multiplier")
     parser.add_argument("--gpu-grid", type=int, default=1000, help="GPU: BEV cells per side")
     parser.add_argument("--gpu-width", type=float, default=1.0)
+    parser.add_argument("--gpu-device", default="cuda:0", help="GPU modes' device (cpu: a smoke run of their code)")
     parser.add_argument("--seg-compute", choices=["full", "used"], default="full",
                         help="the segmentation network as released (full) or only what reaches its output")
     parser.add_argument("--frames", type=int, default=20, help="timed frames per mode")
@@ -406,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.grid, args.width, args.gpu_grid, args.gpu_width = 104, 0.25, 232, 0.25
+        args.grid, args.width, args.gpu_grid, args.gpu_width = 104, 0.25, 104, 0.25
         args.frames, args.warmup, args.rounds, args.clouds = 4, 1, 2, 3
     PINNING[0] = not args.no_pin
     clouds, scene = make_clouds(args.clouds, args.seed)
@@ -434,16 +443,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{p:<12} speedup {o[p]['speedup']:.3f}x vs seq_1core, overlap efficiency "
                       f"{o[p]['efficiency']:.1%} of the bound; {result['cpu_overlap_vs_2threads'][p]:.3f}x vs seq_2threads")
     if not args.cpu_only:
-        if not torch.cuda.is_available():
+        if args.gpu_device.startswith("cuda") and not torch.cuda.is_available():
             print("\nGPU modes skipped: no CUDA device")
             result["gpu"] = None
         else:
-            print(f"\nGPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}, grid {args.gpu_grid}, "
-                  f"width {args.gpu_width}")
+            name = torch.cuda.get_device_name(0) if args.gpu_device.startswith("cuda") else "cpu (smoke run)"
+            count = torch.cuda.device_count() if args.gpu_device.startswith("cuda") else 0
+            print(f"\nGPU: {name} x{count}, grid {args.gpu_grid}, width {args.gpu_width}")
             gpu = summarise(gpu_modes(args, clouds))
             print_table("GPU modes", gpu, "gpu_seq")
             result["gpu"] = gpu
-            result["gpu_device"] = torch.cuda.get_device_name(0)
+            result["gpu_device"] = name
             s, p = gpu["gpu_seq"]["median_ms"], gpu["gpu_streams"]["median_ms"]
             print(f"two CUDA streams on one GPU: {s / p:.3f}x vs one after the other; BEV rasterisation "
                   f"{gpu['bev_cpu']['median_ms']:.3f} ms CPU (numpy) vs {gpu['bev_gpu']['median_ms']:.3f} ms GPU "

@@ -15,6 +15,7 @@ from sensors.lidar.velodyne_pcap import PcapPackets, batched
 from sensors.lidar.velodyne_scans import VelodyneScans
 from sensors.lidar.velodyne_sim import synthetic_packets
 from stream.executor import LocalExecutor
+from stream.node import NodeContext
 from stream.testing import CollectSink, node_spec, pipeline_spec
 
 dpkt = pytest.importorskip("dpkt")
@@ -102,6 +103,8 @@ def test_a_file_that_is_no_capture_is_refused_clearly(tmp_path):
     (tmp_path / "x.pcap").write_bytes(b"this is not a capture file at all")
     with pytest.raises(ValueError, match="not a pcap or pcapng capture"):
         list(PcapPackets(tmp_path / "x.pcap"))
+    with pytest.raises(ValueError, match="not a pcap or pcapng capture"):
+        VelodyneSource(VelodyneSource.Params(pcap=str(tmp_path / "x.pcap"))).setup(NodeContext("velo"))
 
 
 def test_velodyne_node_replays_a_capture_at_its_timing_and_counts(tmp_path, sensor_packets):

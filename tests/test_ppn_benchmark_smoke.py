@@ -26,3 +26,13 @@ def test_the_analytic_scene_needs_only_numpy():
     clouds = bench.analytic_clouds(2, columns=360)
     assert len(clouds) == 2 and all(c.shape[1] == 4 and len(c) > 1000 for c in clouds)
     assert not np.array_equal(clouds[0], clouds[1])  # the boxes move
+
+
+@pytest.mark.slow
+def test_the_gpu_modes_code_runs_on_the_cpu(tmp_path, one_torch_thread):
+    bench = load_benchmark("ppn_parallel")
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--quick", "--gpu-only", "--gpu-device", "cpu", "--frames", "2",
+                       "--json", str(out)]) == 0
+    gpu = json.loads(out.read_text())["gpu"]
+    assert set(gpu) == {"gpu_seq", "gpu_streams", "bev_gpu", "bev_cpu"}

@@ -51,16 +51,36 @@ def dataset(frames: int, grid: int, seed: int) -> tuple[torch.Tensor, torch.Tens
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def train(model: PPN, x: torch.Tensor, target: torch.Tensor, steps: int, lr: float, weight: torch.Tensor | None,
-          batch: int = 4) -> None:
+def crops(x: torch.Tensor, target: torch.Tensor, cars: torch.Tensor, size: int, batch: int,
+          g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`batch` random size x size crops (the networks are convolutional: weights trained on crops
+    apply to the whole grid), half of them centred on a car cell."""
+    xs, ts, cs = [], [], []
+    grid = x.shape[-1]
+    hits = cars[:, 0].nonzero()
+    for k in range(batch):
+        if k % 2 == 0 and len(hits):
+            f, i, j = hits[torch.randint(0, len(hits), (1,), generator=g)].squeeze(0).tolist()
+        else:
+            f, i, j = (torch.randint(0, n, (1,), generator=g).item() for n in (len(x), grid, grid))
+        i = min(max(i - size // 2, 0), grid - size)
+        j = min(max(j - size // 2, 0), grid - size)
+        xs.append(x[f, :, i:i + size, j:j + size])
+        ts.append(target[f, :, i:i + size, j:j + size])
+        cs.append(cars[f, :, i:i + size, j:j + size])
+    return torch.stack(xs), torch.stack(ts), torch.stack(cs)
+
+
+def train(model: PPN, x: torch.Tensor, target: torch.Tensor, cars: torch.Tensor, steps: int, lr: float,
+          car_weight: float, crop: int = 104, batch: int = 4) -> None:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
     g = torch.Generator().manual_seed(0)
     for step in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=g)
-        y = model(x[idx])
-        per_cell = F.mse_loss(y, target[idx], reduction="none") + F.smooth_l1_loss(y, target[idx], reduction="none")
-        loss = (per_cell * (1.0 if weight is None else weight[idx])).mean()
+        xb, tb, cb = crops(x, target, cars, crop, batch, g)
+        y = model(xb)
+        per_cell = F.mse_loss(y, tb, reduction="none") + F.smooth_l1_loss(y, tb, reduction="none")
+        loss = (per_cell * (1.0 + car_weight * cb)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -74,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--grid", type=int, default=232)
     parser.add_argument("--frames", type=int, default=160)
-    parser.add_argument("--seg-steps", type=int, default=400)
+    parser.add_argument("--seg-steps", type=int, default=300)
     parser.add_argument("--recon-steps", type=int, default=300)
     parser.add_argument("--recon-width", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=1)
@@ -86,12 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     log.info("data: %d stacks of %s, %.2f %% car cells (%.0f s)", len(x), tuple(x.shape[1:]),
              100 * cars.mean().item(), time.perf_counter() - t0)
     seg = PPN(PPNConfig(network="segmentation", compute="used"))
-    positive = cars.mean().clamp(min=1e-4)
-    train(seg, x, cars, args.seg_steps, 2e-3, weight=1.0 + cars * (0.25 / positive))
+    train(seg, x, cars, cars, args.seg_steps, 2e-3, car_weight=20.0)
     with torch.no_grad():
         seg_out = torch.cat([seg(x[i:i + 8]) for i in range(0, len(x), 8)])
     recon = PPN(PPNConfig(network="reconstruction", width=args.recon_width))
-    train(recon, x, seg_out, args.recon_steps, 2e-3, weight=None)
+    train(recon, x, seg_out, cars, args.recon_steps, 2e-3, car_weight=20.0)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(seg.state_dict(), args.out / "segnet.pth")
     torch.save(recon.state_dict(), args.out / "recnet.pth")

@@ -210,7 +210,7 @@ class VelodyneSource(_LidarSource):
         if p.pcap is None:
             self._udp = UdpPackets(p.host, p.port)  # bind now: a taken port stops the pipeline before it starts
         else:
-            PcapPackets(p.pcap, p.port)  # the file must exist before the pipeline starts
+            PcapPackets(p.pcap, p.port).check()  # a missing or foreign file stops the pipeline before it starts
 
     @property
     def address(self) -> tuple[Any, ...] | None:

@@ -70,17 +70,26 @@ class PcapPackets:
         self.port = port
         self.counters = CaptureCounters()
 
+    def check(self) -> None:
+        """Raise CloudFormatError now if the file is not a capture (before a pipeline starts)."""
+        with open(self.path, "rb") as raw:
+            self._reader(_dpkt(), _ReadWatcher(raw))
+
+    def _reader(self, dpkt: Any, f: "_ReadWatcher") -> Any:
+        magic = f.read(4)
+        f.seek(0)
+        f.cut = False
+        try:
+            return dpkt.pcapng.Reader(f) if magic == _PCAPNG_MAGIC else dpkt.pcap.Reader(f)
+        except (ValueError, dpkt.dpkt.UnpackError, dpkt.dpkt.NeedData) as exc:
+            raise CloudFormatError(f"{self.path}: not a pcap or pcapng capture ({exc}); write captures with "
+                                   "tcpdump -w or Wireshark") from exc
+
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         dpkt = _dpkt()
         with open(self.path, "rb") as raw:
-            magic = raw.read(4)
-            raw.seek(0)
             f = _ReadWatcher(raw)
-            try:
-                reader = dpkt.pcapng.Reader(f) if magic == _PCAPNG_MAGIC else dpkt.pcap.Reader(f)
-            except (ValueError, dpkt.dpkt.UnpackError, dpkt.dpkt.NeedData) as exc:
-                raise CloudFormatError(f"{self.path}: not a pcap or pcapng capture ({exc}); write captures with "
-                                       "tcpdump -w or Wireshark") from exc
+            reader = self._reader(dpkt, f)
             linktype = reader.datalink()
             records = iter(reader)
             while True:
