@@ -24,10 +24,12 @@ def test_the_ppn_pipeline_joins_every_frame_of_a_synthetic_run(tmp_path, one_tor
     overrides = ["lidar.columns=360", "seg_bev.grid=104", "recon_bev.grid=104", "seg.width=0.125",
                  "recon.width=0.125", "out.every=50", f"out.out_dir={tmp_path}"]
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    env = {} if cores[:2] == [0, 1] else {"SEG_DEVICE": "cpu", "RECON_DEVICE": "cpu"}  # as shipped: cpu:0, cpu:1
-    spec = load_pipeline(PIPELINE, overrides=overrides, env=env)
+    shipped = cores[:2] == [0, 1]  # as shipped: cpu:0 and cpu:1; elsewhere one core for all
+    if not shipped:
+        overrides += [f"{name}.device=cpu" for name in ("seg_bev", "seg", "recon_bev", "recon")]
+    spec = load_pipeline(PIPELINE, overrides=overrides, env={})
     devices = [n.device for n in spec.nodes if n.name in ("seg_bev", "seg", "recon_bev", "recon")]
-    assert devices == (["cpu:0", "cpu:0", "cpu:1", "cpu:1"] if not env else ["cpu"] * 4)
+    assert devices == (["cpu:0", "cpu:0", "cpu:1", "cpu:1"] if shipped else ["cpu"] * 4)
     check = node_spec("check", CollectSink, inputs=["seg", "recon"], join={"timeout_s": 60.0})
     spec = dataclasses.replace(spec, nodes=spec.nodes + (check,))
     ex = LocalExecutor(spec, free_running=True)
