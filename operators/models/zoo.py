@@ -170,3 +170,30 @@ register_model(ZooEntry(
     primary="continual",
     description="OadTR-style online action detection: continual Transformer encoder over frame features",
 ))
+
+
+# Parallel Perception Network (BEV segmentation and reconstruction) -----------------------------
+def _ppn_builder(network: str) -> Builder:
+    def build(**kwargs: Any) -> nn.Module:
+        from operators.models.ppn import PPN, PPNConfig
+
+        return PPN(PPNConfig(network=network, **kwargs))  # type: ignore[arg-type]
+
+    build.__name__ = f"ppn_{network}"
+    return build
+
+
+for _name, _network, _description in (
+    ("ppn_seg", "segmentation", "PPN pyramid segmentation network: 16 stacked BEV maps -> 1 map (released keys)"),
+    ("ppn_recon", "reconstruction", "PPN reconstruction encoder-decoder: 16 stacked BEV maps -> 1 map (released keys)"),
+):
+    register_model(ZooEntry(
+        name=_name,
+        offline=_ppn_builder(_network),
+        continual=None,
+        labelset="none",
+        input_size=(16, 1000, 1000),  # the 16-map stack of one frame
+        clip_length=16,
+        primary="offline",
+        description=_description,
+    ))
