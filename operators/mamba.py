@@ -31,6 +31,8 @@ from operators.base import ContinualModule
 # Pure scans --------------------------------------------------------------------------------------
 def parallel_linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
     """h_t = a_t * h_{t-1} + b_t along dim 1 of (B, T, ...) in log2(T) vectorised steps; h_{-1} = h0."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (h0 is not None and h0.requires_grad)):
+        return _parallel_linear_scan_differentiable(a, b, h0)
     a, b = a.clone(), b.clone()
     if h0 is not None:
         b[:, 0] += a[:, 0] * h0
@@ -40,6 +42,20 @@ def parallel_linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> T
         b[:, offset:] += a[:, offset:] * b[:, :-offset]
         if 2 * offset < length:
             a[:, offset:] *= a[:, :-offset].clone()
+        offset *= 2
+    return b
+
+
+def _parallel_linear_scan_differentiable(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+    """`parallel_linear_scan` for training: the same combine steps written out of place, so that
+    autograd keeps every intermediate it needs (the in-place form overwrites them)."""
+    if h0 is not None:
+        b = torch.cat((b[:, :1] + a[:, :1] * h0.unsqueeze(1), b[:, 1:]), dim=1)
+    offset, length = 1, a.shape[1]
+    while offset < length:
+        b = torch.cat((b[:, :offset], torch.addcmul(b[:, offset:], a[:, offset:], b[:, :-offset])), dim=1)
+        if 2 * offset < length:
+            a = torch.cat((a[:, :offset], a[:, offset:] * a[:, :-offset]), dim=1)
         offset *= 2
     return b
 
@@ -222,6 +238,25 @@ class Mamba(ContinualModule):
         """One token (B, D) -> (B, D); conv window and SSM state updated in place."""
         return mamba_step(x, state, self.step_weights(x.dtype)), state
 
+    def step_chunk(self, clip: Tensor, state: MambaState) -> Tensor:
+        """Several tokens at once: (B, D, T) -> (B, D, T), continuing `state` (updated in place).
+
+        Equals T folded `step` calls (and `forward` on the whole sequence, sliced) but runs the
+        projections as matrix products over T and the selective scan as the chunked parallel scan,
+        so a burst of tokens (a network packet's 80) costs a few calls instead of T steps.
+        """
+        length, k = clip.shape[2], self.d_conv
+        x, z = self.in_proj(clip.transpose(1, 2)).chunk(2, dim=-1)  # (B, T, Di) each
+        window = torch.cat((state.conv[:, 1:], x), dim=1)  # (B, k - 1 + T, Di): the last k - 1 tokens, then x
+        xc = F.conv1d(window.transpose(1, 2), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+        state.conv.copy_(window[:, -k:])
+        xc = F.silu(xc[..., :length]).transpose(1, 2)  # (B, T, Di)
+        delta, Bm, Cm = self._ssm_inputs(xc)
+        A = -torch.exp(self.A_log.float()).to(xc.dtype)
+        y, h = selective_scan(xc, delta, A, Bm, Cm, self.D, self.chunk_len, h0=state.ssm.transpose(1, 2))
+        state.ssm.copy_(h.transpose(1, 2))
+        return self.out_proj(y * F.silu(z)).transpose(1, 2)
+
     def step_weights(self, dtype: torch.dtype) -> MambaStepWeights:
         """The tensors a step reads (via `registered`: nn.Module's attribute fallback costs ~1 us per
         name); the derived ones come from a cache (see `_derived`)."""
@@ -297,6 +332,10 @@ class MambaBlock(ContinualModule):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         return self.mixer.init_state(batch_size, device, dtype)
+
+    def step_chunk(self, clip: Tensor, state: MambaState) -> Tensor:
+        """(B, D, T) -> (B, D, T): T tokens at once, continuing `state` (see `Mamba.step_chunk`)."""
+        return clip + self.mixer.step_chunk(self.norm(clip.transpose(1, 2)).transpose(1, 2), state)
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """x (B, D) -> x + mixer(norm(x)); the residual add is fused into the mixer's out_proj."""

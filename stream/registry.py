@@ -59,7 +59,7 @@ def load_plugins() -> None:
             warnings.warn(f"node kinds from {module!r} are unavailable: {exc}", stacklevel=2)
 
 
-BUILTIN_NODE_MODULES: tuple[str, ...] = ("stream.nodes", "stream.zmq.nodes")
+BUILTIN_NODE_MODULES: tuple[str, ...] = ("stream.nodes", "stream.zmq.nodes", "sensors.packets.nodes")
 
 
 def kinds() -> dict[str, type[Node]]:
