@@ -193,14 +193,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     t0 = time.perf_counter()
-    data = load_flows(args.data, args.idle_timeout_s, args.max_flows_per_class)
+    try:
+        data = load_flows(args.data, args.idle_timeout_s, args.max_flows_per_class)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"costream train-netmamba: {exc}", file=sys.stderr)
+        return 2
     counts = np.bincount(data.labels, minlength=len(data.classes))
     print(f"{len(data.labels)} flows from {data.files} captures in {len(data.classes)} classes: "
           + ", ".join(f"{c} {n}" for c, n in zip(data.classes, counts))
           + (f"; {len(data.skipped_files)} unreadable captures skipped" if data.skipped_files else ""))
     train_idx, val_idx = stratified_split(data.labels, args.val_fraction, args.seed)
     print(f"train {len(train_idx)} flows, held out {len(val_idx)} flows")
-    model = _initial_model(args, len(data.classes)).to(device)
+    try:
+        model = _initial_model(args, len(data.classes)).to(device)
+    except (FileNotFoundError, ValueError) as exc:  # WeightsError is a ValueError
+        print(f"costream train-netmamba: --init: {exc}", file=sys.stderr)
+        return 2
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps = args.epochs * math.ceil(len(train_idx) / args.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -82,7 +82,7 @@ def sniff_format(head: bytes, name: str = "file") -> str:
     if len(head) < 4:
         raise CaptureFormatError(f"{name} is empty or shorter than a capture header ({len(head)} bytes); "
                                  "expected a pcap or pcapng file (e.g. from tcpdump -w or Wireshark)")
-    if head[:1] in (b"{", b"[") or head.isascii():
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
         kind = "a text file"
     else:
         kind = f"an unknown binary format (first bytes {head[:8].hex(' ')})"

@@ -261,7 +261,7 @@ class FlowAssembler:
 def assemble_flows(frames: Iterable[CaptureRecord | IPv4Packet], params: FlowParams | None = None,
                    assembler: FlowAssembler | None = None) -> Iterator[FlowEvent]:
     """Every event of a whole capture, ending with the flows still open at its end."""
-    assembler = assembler or FlowAssembler(params)
+    assembler = FlowAssembler(params) if assembler is None else assembler
     for frame in frames:
         yield from assembler.add(frame)
     yield from assembler.flush()
