@@ -116,8 +116,8 @@ def evaluate(model: NetMamba, flows: np.ndarray, labels: np.ndarray, num_classes
             x = bytes_to_input(torch.from_numpy(flows[start:start + batch_size]))
             pred = model(x).argmax(dim=-1).numpy()
             np.add.at(confusion, (labels[start:start + batch_size], pred), 1)
-    total = confusion.sum()
-    return (float(np.trace(confusion)) / total if total else float("nan")), confusion
+    total = int(confusion.sum())
+    return (int(np.trace(confusion)) / total if total else float("nan")), confusion
 
 
 def format_confusion(confusion: np.ndarray, classes: Sequence[str]) -> str:
@@ -251,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_confusion(confusion, data.classes))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "classes": data.classes, "config": asdict(model.config),
-                "metrics": {"held_out_accuracy": accuracy, "confusion": confusion.tolist(),
-                            "train_flows": len(train_idx), "held_out_flows": len(val_idx)}}, args.out)
+                "metrics": {"held_out_accuracy": float(accuracy), "confusion": confusion.tolist(),
+                            "train_flows": int(len(train_idx)), "held_out_flows": int(len(val_idx))}}, args.out)
     print(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s); use it with: costream run "
           f"pipelines/netmamba_traffic.yaml --set model.weights={args.out}")
     return 0
