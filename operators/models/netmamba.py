@@ -168,11 +168,8 @@ class NetMamba(nn.Module):
         (B, 1, 40, 40) image (`bytes_to_input` scales uint8 bytes)."""
         x = self._flat(flow)
         tokens = self.patch_embed(x) + self.pos_embed[:, :-1]
-        cls = (self.cls_token + self.pos_embed[:, -1:]).expand(x.shape[0], -1, -1)
-        h = torch.cat((tokens, cls), dim=1).transpose(1, 2)  # (B, D, T + 1)
-        for block in self.blocks:
-            h = block(h)
-        return self.head(self.norm_f(h[:, :, -1]))
+        # all 401 tokens as one chunk from the empty state: the same kernels as the streamed packets
+        return self._decide(tokens, self.init_state(x.shape[0], device=x.device, dtype=tokens.dtype).layers)
 
     def _flat(self, flow: Tensor) -> Tensor:
         if flow.dtype == torch.uint8:
@@ -239,12 +236,12 @@ class NetMamba(nn.Module):
     def _decide(self, tokens: Tensor, layers: Sequence[MambaState]) -> Tensor:
         cls = (self.cls_token + self.pos_embed[:, -1:]).expand(tokens.shape[0], -1, -1)
         h = self._run(torch.cat((tokens, cls), dim=1), layers)
-        return self.head(self.norm_f(h[:, :, -1]))
+        return self.head(self.norm_f(h[:, -1]))
 
     def _run(self, tokens: Tensor, layers: Sequence[MambaState]) -> Tensor:
-        h = tokens.transpose(1, 2)  # (B, D, T)
+        h = tokens  # (B, T, D)
         for block, state in zip(self.blocks, layers):
-            h = block.step_chunk(h, state)
+            h = block.step_tokens(h, state)
         return h
 
     def extra_repr(self) -> str:

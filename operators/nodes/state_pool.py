@@ -67,6 +67,11 @@ class MambaStatePool:
         for t in self._conv + self._ssm:
             t[slot].zero_()
 
+    def zero(self, slots: Tensor) -> None:
+        """Restart the streams of `slots` (B,) in one call per tensor."""
+        for t in self._conv + self._ssm:
+            t.index_fill_(0, slots, 0)
+
     def gather(self, slots: Tensor) -> list[MambaState]:
         """The states of `slots` (B,) as a batch (copies: steps update them in place)."""
         return [MambaState(c.index_select(0, slots), s.index_select(0, slots)) for c, s in zip(self._conv, self._ssm)]
