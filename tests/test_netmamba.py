@@ -211,3 +211,12 @@ def test_scan_is_differentiable_for_training():
     mixer = Mamba(6, d_state=3, chunk_len=4)
     mixer(torch.randn(2, 6, 9)).square().sum().backward()  # training through the offline forward
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mixer.parameters())
+
+
+def test_registered_in_the_zoo():
+    from operators.models import build_model, get_entry
+
+    entry = get_entry("netmamba")
+    assert (entry.input_size, entry.clip_length) == ((320,), 5)
+    model = build_model("netmamba", num_classes=3, embed_dim=16, depth=1)
+    assert isinstance(model, NetMamba) and model.config.num_classes == 3
