@@ -15,6 +15,7 @@ Random weights (timing does not depend on them), eval mode, torch.inference_mode
 medians of interleaved repetitions, inputs prepared outside the timed region.
 
     python benchmarks/netmamba_stream.py [--quick] [--json out.json] [--threads N] [--batches 1,256]
+    (--embed-dim/--depth shrink both models for a smoke run; the numbers to report use the defaults)
 """
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ def _streaming(model: NetMamba, flows: Tensor) -> tuple[Callable[[], Tensor], Ca
     return decide, all_packets
 
 
-def measure(batch: int, quick: bool, seed: int = 0) -> dict[str, Any]:
-    config = NetMambaConfig(num_classes=10)
+def measure(batch: int, quick: bool, seed: int = 0, embed_dim: int = 256, depth: int = 4) -> dict[str, Any]:
+    config = NetMambaConfig(num_classes=10, embed_dim=embed_dim, depth=depth)
     torch.manual_seed(seed)
     model = NetMamba(config).eval()
     transformer = TransformerClassifier(config).eval()
@@ -147,16 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--batches", default="1,256", help="concurrent flows per measurement (default 1,256)")
+    parser.add_argument("--embed-dim", type=int, default=256, help="model width (the published 256; smaller for smoke runs)")
+    parser.add_argument("--depth", type=int, default=4, help="Mamba blocks / Transformer layers (the published 4)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",") if b.strip()]
     t0 = time.perf_counter()
-    rows = [measure(b, args.quick) for b in batches]
+    rows = [measure(b, args.quick, embed_dim=args.embed_dim, depth=args.depth) for b in batches]
     print(format_table(rows))
     meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
             platform.machine(), "python": platform.python_version(), "quick": args.quick,
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "embed_dim": args.embed_dim, "depth": args.depth}
     print(f"\n(torch {meta['torch']}, {meta['threads']} threads, {meta['seconds']:.0f} s)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

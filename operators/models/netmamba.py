@@ -21,9 +21,8 @@ Input bytes are scaled as the original's torchvision transform does: (b / 255 - 
 from __future__ import annotations
 
 import argparse
-import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -259,18 +258,18 @@ def read_netmamba_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
 
     path = Path(path).expanduser()
     with torch.serialization.safe_globals([argparse.Namespace]):
-        sd = read_state_dict(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # read_state_dict already read it: this cannot fail differently
-            raise WeightsError(f"cannot read {path}: {exc}") from exc
+        except Exception:
+            read_state_dict(path)  # raises the explanation (missing file, a directory, not a checkpoint, ...)
+            raise WeightsError(f"cannot read weights file {str(path)!r} as a PyTorch checkpoint") from None
     extras: dict[str, Any] = {}
     if isinstance(obj, Mapping):
         if isinstance(obj.get("classes"), (list, tuple)):
             extras["classes"] = [str(c) for c in obj["classes"]]
         if isinstance(obj.get("config"), Mapping):
             extras["config"] = dict(obj["config"])
-    return unwrap_state_dict(sd, source=str(path)), extras
+    return unwrap_state_dict(obj, source=str(path)), extras
 
 
 def build_netmamba(config: NetMambaConfig | None = None, weights: str | Path | None = None,
@@ -292,19 +291,3 @@ def build_netmamba(config: NetMambaConfig | None = None, weights: str | Path | N
 def checkpoint_classes(weights: str | Path) -> list[str] | None:
     """Class names stored in a checkpoint by the training command, if any."""
     return read_netmamba_checkpoint(weights)[1].get("classes")
-
-
-def config_dict(config: NetMambaConfig) -> dict[str, Any]:
-    return asdict(config)
-
-
-def parameter_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def flow_image_side(config: NetMambaConfig) -> int:
-    """The side of the original's square flow image (40 for 1600 bytes), or 0 if not square."""
-    side = math.isqrt(config.flow_bytes)
-    return side if side * side == config.flow_bytes else 0
-
-

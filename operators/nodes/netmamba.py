@@ -112,6 +112,7 @@ class NetMambaNode(Operator):
         self.decided = {"packets": 0, "early": 0}
         self.incomplete_frames = 0
         self.ignored_ends = 0
+        self.extra_packets = 0
         self._released = 0
 
     def _class_names(self) -> list[str]:
@@ -180,7 +181,8 @@ class NetMambaNode(Operator):
         c = states.counters
         return {"flows_open": len(states), "flows_decided_at_5": self.decided["packets"],
                 "flows_decided_early": self.decided["early"], "incomplete_frames": self.incomplete_frames,
-                "ends_of_incomplete_flows": self.ignored_ends, "gap_resets": c.gap_resets,
+                "ends_of_incomplete_flows": self.ignored_ends, "packets_after_the_last": self.extra_packets,
+                "gap_resets": c.gap_resets,
                 "evicted_idle": c.evicted - self._released, "evicted_for_room": c.evicted_for_room,
                 "state_pool_slots": self.pool.capacity}
 
@@ -204,13 +206,16 @@ class NetMambaNode(Operator):
                     continue
                 closing.setdefault(flow.packets, []).append(_Member(i, frame, flow, None))
                 continue
+            if frame.seq >= last:  # beyond the packets NetMamba reads (flows' packets_per_flow > 5)
+                self.extra_packets += 1
+                continue
             try:
                 x = self._packet(frame)
             except Exception as exc:
                 results[i] = FrameFailure(frame, exc)
                 continue
             flow = self.states.get(frame)
-            if flow.packets != frame.seq or frame.seq >= last:
+            if flow.packets != frame.seq:
                 # a packet of this flow never arrived here (dropped upstream), or the flow started before
                 # this node saw it: its state cannot be NetMamba's; pass the flow over, counted
                 self.incomplete_frames += 1
