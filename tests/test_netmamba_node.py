@@ -79,7 +79,6 @@ def _offline(model, records):
     return dict(zip(ids, torch.softmax(logits, -1))), reps, ended
 
 
-@pytest.mark.slow
 def test_interleaved_flows_streamed_in_batches_equal_offline(checkpoint, traffic):
     path, model = checkpoint
     frames = _flow_frames(traffic)
