@@ -220,3 +220,27 @@ def test_registered_in_the_zoo():
     assert (entry.input_size, entry.clip_length) == ((320,), 5)
     model = build_model("netmamba", num_classes=3, embed_dim=16, depth=1)
     assert isinstance(model, NetMamba) and model.config.num_classes == 3
+
+
+def test_the_three_scans_agree():
+    import math
+
+    from operators.mamba import recurrent_scan, selective_scan, selective_scan_exp2
+
+    torch.manual_seed(2)
+    batch, length, d_inner, n = 3, 37, 8, 4
+    u, delta = torch.randn(batch, length, d_inner), torch.rand(batch, length, d_inner)
+    A = -torch.rand(d_inner, n) * 3
+    Bm, Cm, D = torch.randn(batch, length, n), torch.randn(batch, length, n), torch.randn(d_inner)
+    h0 = torch.randn(batch, d_inner, n)
+    with torch.no_grad():
+        y, h = selective_scan(u, delta, A, Bm, Cm, D, chunk_len=16, h0=h0)
+        y2, h2 = selective_scan_exp2(u, delta, A * math.log2(math.e), Bm, Cm, D, chunk_len=5, h0=h0.clone())
+        state = h0.transpose(1, 2).contiguous()
+        for block in (1, 50, 1 << 20):  # cache blocks of 1 token, a few tokens, all of them
+            s = state.clone()
+            y3 = recurrent_scan(u, delta, (A * math.log2(math.e)).t().contiguous(), Bm, Cm, D, s, block_elements=block)
+            torch.testing.assert_close(y3, y, **TOL)
+            torch.testing.assert_close(s.transpose(1, 2), h, **TOL)
+    torch.testing.assert_close(y2, y, **TOL)
+    torch.testing.assert_close(h2, h, **TOL)
