@@ -32,6 +32,8 @@ from operators.weight_cache import weight_cache
 # Pure scans --------------------------------------------------------------------------------------
 def parallel_linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> Tensor:
     """h_t = a_t * h_{t-1} + b_t along dim 1 of (B, T, ...) in log2(T) vectorised steps; h_{-1} = h0."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or (h0 is not None and h0.requires_grad)):
+        return _parallel_linear_scan_differentiable(a, b, h0)
     a, b = a.clone(), b.clone()
     if h0 is not None:
         b[:, 0] += a[:, 0] * h0
@@ -41,6 +43,20 @@ def parallel_linear_scan(a: Tensor, b: Tensor, h0: Optional[Tensor] = None) -> T
         b[:, offset:] += a[:, offset:] * b[:, :-offset]
         if 2 * offset < length:
             a[:, offset:] *= a[:, :-offset].clone()
+        offset *= 2
+    return b
+
+
+def _parallel_linear_scan_differentiable(a: Tensor, b: Tensor, h0: Optional[Tensor]) -> Tensor:
+    """`parallel_linear_scan` for training: the same combine steps written out of place, so that
+    autograd keeps every intermediate it needs (the in-place form overwrites them)."""
+    if h0 is not None:
+        b = torch.cat((b[:, :1] + a[:, :1] * h0.unsqueeze(1), b[:, 1:]), dim=1)
+    offset, length = 1, a.shape[1]
+    while offset < length:
+        b = torch.cat((b[:, :offset], torch.addcmul(b[:, offset:], a[:, offset:], b[:, :-offset])), dim=1)
+        if 2 * offset < length:
+            a = torch.cat((a[:, :offset], a[:, offset:] * a[:, :-offset]), dim=1)
         offset *= 2
     return b
 
@@ -64,6 +80,66 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, 
         h = hs[:, -1]
     y = torch.cat(ys, dim=1) + u * D
     return y, h
+
+
+def selective_scan_exp2(u: Tensor, delta: Tensor, A2: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor,
+                        chunk_len: int = 16, h0: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    """`selective_scan` with A given in base 2 (A2 = A log2(e), (Di, N)): exp(delta A) = exp2(delta A2),
+    2-3x cheaper on CPU. Without autograd the scan runs in place on its own temporaries."""
+    batch, length, d_inner = u.shape
+    h = h0 if h0 is not None else u.new_zeros(batch, d_inner, A2.shape[1])
+    differentiable = torch.is_grad_enabled()
+    ys = []
+    for start in range(0, length, chunk_len):
+        sl = slice(start, start + chunk_len)
+        dA = torch.exp2(delta[:, sl, :, None] * A2)  # (B, L, Di, N)
+        dBu = (delta[:, sl] * u[:, sl])[..., None] * Bm[:, sl, None, :]  # (B, L, Di, N)
+        hs = parallel_linear_scan(dA, dBu, h) if differentiable else _scan_in_place(dA, dBu, h)
+        ys.append(torch.einsum("bldn,bln->bld", hs, Cm[:, sl]))
+        h = hs[:, -1]
+    y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
+    return y.addcmul_(u, D) if not differentiable else y + u * D, h
+
+
+def recurrent_scan(u: Tensor, delta: Tensor, A2_t: Tensor, Bm: Tensor, Cm: Tensor, D: Tensor, ssm: Tensor,
+                   block_elements: int = 1 << 20) -> Tensor:
+    """The selective scan token by token on the step's state `ssm` (B, N, Di), updated in place (inference).
+
+    u, delta (B, T, Di); A2_t (N, Di) = (A log2 e) transposed; Bm, Cm (B, T, N). Returns y (B, T, Di).
+    Tokens go in blocks whose (B, T_block, N, Di) terms stay in cache (`block_elements` floats): the
+    decay and input terms of a block are two calls, each token one in-place multiply-add onto the
+    previous state, and the block's outputs one batched product. Measured on a 2-core CPU for 81
+    tokens: 2.8x faster than the chunked parallel scan at batch 1 and 10x at batch 64 (whose
+    log-depth passes over (B, L, Di, N) leave the cache).
+    """
+    batch, length, d_inner = u.shape
+    n = A2_t.shape[0]
+    y = torch.empty_like(u)
+    du = delta * u
+    span = max(1, block_elements // max(1, batch * n * d_inner))
+    h = ssm
+    for s in range(0, length, span):
+        e = min(s + span, length)
+        decay = torch.mul(delta[:, s:e].unsqueeze(2), A2_t).exp2_()  # (B, Tb, N, Di): exp(delta A)
+        hs = torch.mul(Bm[:, s:e].unsqueeze(-1), du[:, s:e].unsqueeze(2))  # (B, Tb, N, Di): delta x B
+        for t in range(e - s):  # h_t = exp(delta_t A) h_{t-1} + delta_t x_t B_t, written over the input term
+            hs[:, t].addcmul_(decay[:, t], h)
+            h = hs[:, t]
+        torch.matmul(Cm[:, s:e].unsqueeze(2), hs, out=y[:, s:e].unsqueeze(2))  # C . h per token
+    ssm.copy_(h)
+    return y.addcmul_(u, D)
+
+
+def _scan_in_place(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+    """`parallel_linear_scan` overwriting `a` and `b` (temporaries of the caller): no copies."""
+    b[:, 0] += a[:, 0] * h0
+    offset, length = 1, a.shape[1]
+    while offset < length:
+        b[:, offset:] += a[:, offset:] * b[:, :-offset]
+        if 2 * offset < length:
+            a[:, offset:] *= a[:, :-offset].clone()
+        offset *= 2
+    return b
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -210,6 +286,40 @@ class Mamba(ContinualModule):
         """One token (B, D) -> (B, D); conv window and SSM state updated in place."""
         return mamba_step(x, state, self.step_weights(x.dtype)), state
 
+    def step_chunk(self, clip: Tensor, state: MambaState) -> Tensor:
+        """Several tokens at once: (B, D, T) -> (B, D, T), continuing `state` (updated in place).
+
+        Equals T folded `step` calls (and `forward` on the whole sequence, sliced) but runs the
+        projections as matrix products over T and the selective scan as the chunked parallel scan,
+        so a burst of tokens (a network packet's 80) costs a few calls instead of T steps.
+        """
+        return self.step_tokens(clip.transpose(1, 2), state).transpose(1, 2)
+
+    def step_tokens(self, x: Tensor, state: MambaState) -> Tensor:
+        """`step_chunk` in the token-major layout (B, T, D) -> (B, T, D), with no transposes: the
+        depthwise conv is k multiply-adds along contiguous d_inner and the scan uses exp2 (the
+        derived tensors of `step`)."""
+        length, k = x.shape[1], self.d_conv
+        xi, z = self.in_proj(x).chunk(2, dim=-1)  # (B, T, Di) each
+        window = torch.cat((state.conv[:, 1:], xi), dim=1)  # (B, k - 1 + T, Di): the last k - 1 tokens, then x
+        state.conv.copy_(window[:, -k:])
+        A2_t, conv_t = self._derived(x.dtype)
+        bias = self.conv1d.bias
+        xc = window[:, :length] * conv_t[0] if bias is None else torch.addcmul(bias, window[:, :length], conv_t[0])
+        for j in range(1, k):  # tap j multiplies token t - (k - 1 - j)
+            xc.addcmul_(window[:, j:j + length], conv_t[j])
+        if torch.is_grad_enabled():  # training: the differentiable parallel scan, nothing in place
+            xc = F.silu(xc)
+            delta, Bm, Cm = self._ssm_inputs(xc)
+            h0 = state.ssm.transpose(1, 2).clone()  # (B, Di, N): the state is rewritten below
+            y, h = selective_scan_exp2(xc, delta, A2_t.t().contiguous(), Bm, Cm, self.D, self.chunk_len, h0=h0)
+            state.ssm.copy_(h.transpose(1, 2))
+            return self.out_proj(y * F.silu(z))
+        xc = F.silu(xc, inplace=True)
+        delta, Bm, Cm = self._ssm_inputs(xc)
+        y = recurrent_scan(xc, delta, A2_t, Bm, Cm, self.D, state.ssm)
+        return self.out_proj(y.mul_(F.silu(z)))
+
     def step_weights(self, dtype: torch.dtype) -> MambaStepWeights:
         """The tensors a step reads (via `registered`: nn.Module's attribute fallback costs ~1 us per
         name); the derived ones come from a cache (see `_derived`)."""
@@ -272,6 +382,14 @@ class MambaBlock(ContinualModule):
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> MambaState:
         return self.mixer.init_state(batch_size, device, dtype)
+
+    def step_chunk(self, clip: Tensor, state: MambaState) -> Tensor:
+        """(B, D, T) -> (B, D, T): T tokens at once, continuing `state` (see `Mamba.step_chunk`)."""
+        return self.step_tokens(clip.transpose(1, 2), state).transpose(1, 2)
+
+    def step_tokens(self, x: Tensor, state: MambaState) -> Tensor:
+        """`step_chunk` in the token-major layout (B, T, D) -> (B, T, D)."""
+        return x + self.mixer.step_tokens(self.norm(x), state)
 
     def step(self, x: Tensor, state: MambaState) -> tuple[Tensor, MambaState]:
         """x (B, D) -> x + mixer(norm(x)); the residual add is fused into the mixer's out_proj."""

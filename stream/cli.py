@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="write the JSON Schema of pipeline YAML files (for editors)")
     p.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: stdout)")
 
+    p = sub.add_parser("train-netmamba", add_help=False, prefix_chars="\x01",  # every argument goes to the trainer
+                       help="train NetMamba on a folder of pcaps, one subfolder per class (--help for its options)")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     p = sub.add_parser("serve", help="serve a pipeline over ZeroMQ")
     try:  # owned by the ZeroMQ bridge; a problem there must not break the other commands
         from stream.zmq import serve as zmq_serve
@@ -338,8 +342,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return int(zmq_serve.run_from_args(args) or 0)
 
 
+def cmd_train_netmamba(args: argparse.Namespace) -> int:
+    from operators.models.netmamba_train import main as train_netmamba  # the model side, imported on use
+
+    return train_netmamba(args.rest)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "graph": cmd_graph, "bench": cmd_bench,
-            "list": cmd_list, "schema": cmd_schema, "serve": cmd_serve}
+            "list": cmd_list, "schema": cmd_schema, "serve": cmd_serve, "train-netmamba": cmd_train_netmamba}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -197,3 +197,23 @@ for _name, _network, _description in (
         primary="offline",
         description=_description,
     ))
+
+
+# NetMamba (network traffic) ---------------------------------------------------------------------
+def _netmamba_builder(**kwargs: Any) -> nn.Module:
+    from operators.models.netmamba import NetMamba, NetMambaConfig
+
+    return NetMamba(NetMambaConfig(**kwargs))
+
+
+register_model(ZooEntry(
+    name="netmamba",
+    offline=_netmamba_builder,
+    continual=_netmamba_builder,  # one module: forward() offline, init_state/step/close per packet
+    labelset="",  # the classes are the training set's (stored in checkpoints by costream train-netmamba)
+    input_size=(320,),  # one packet: 80 header + 240 payload bytes
+    clip_length=5,  # packets per flow
+    primary="continual",
+    description="NetMamba traffic classifier (original keys), streamed per packet; "
+                "operators.models.netmamba.build_netmamba reads any checkpoint's shape",
+))

@@ -2,3 +2,4 @@
 import operators.nodes.video  # noqa: E402,F401  (registers cox3d)
 import operators.nodes.skeleton  # noqa: E402,F401  (registers costgcn, oadtr)
 import operators.nodes.ppn  # noqa: E402,F401  (registers ppn)
+import operators.nodes.netmamba  # noqa: E402,F401  (registers netmamba)
