@@ -37,6 +37,23 @@ def _add_executor_arg(p: argparse.ArgumentParser) -> None:
                    "else local)")
 
 
+def _add_address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: the Ray cluster (auto, HOST:6379 or ray://HOST:10001; default: "
+                   "RAY_ADDRESS, else a Ray started on this machine for the run)")
+
+
+def _executor_options(args: argparse.Namespace, pipeline: Any) -> dict[str, Any]:
+    address = getattr(args, "address", None)
+    if address is None:
+        return {}
+    executor = args.executor or pipeline.spec.executor
+    if executor != "ray":
+        raise UsageError(f"--address names a Ray cluster, but this run uses the {executor!r} executor; add "
+                         "--executor ray (or `executor: ray` in the YAML)")
+    return {"address": address}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costream", description="Streaming online-inference engine.")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -53,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="progress bar for finite sources (default: when stderr is a terminal)")
     p.add_argument("--quiet", action="store_true", help="do not print the latency table at the end")
     _add_executor_arg(p)
+    _add_address_arg(p)
 
     p = sub.add_parser("validate", help="check a pipeline config without running it")
     _add_pipeline_args(p)
@@ -68,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames skipped in the percentiles (default: options.warmup_frames)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for report.json and latency.png")
     _add_executor_arg(p)
+    _add_address_arg(p)
 
     p = sub.add_parser("list", help="list node kinds and their parameters")
     p.add_argument("kind", nargs="?", help="show only this kind")
@@ -131,7 +150,7 @@ def _load(args: argparse.Namespace):
 
     if not Path(args.pipeline).exists():
         raise UsageError(f"pipeline file {args.pipeline!r} does not exist")
-    return Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
+    return Pipeline.from_yaml(args.pipeline, overrides=args.overrides, executor=getattr(args, "executor", None))
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -144,7 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
-                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor)
+                          dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor,
+                          executor_options=_executor_options(args, pipeline))
     if not args.quiet:
         print(report.format_table())
     if args.report is not None:
@@ -191,7 +211,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     warmup = pipeline.spec.warmup_frames if args.warmup is None else args.warmup
     pipeline.spec = dataclasses.replace(pipeline.spec, warmup_frames=warmup)
     report = pipeline.run(frames=args.frames + warmup, free_running=True, report=args.out / "report.json",
-                          progress=sys.stderr.isatty(), executor=args.executor)
+                          progress=sys.stderr.isatty(), executor=args.executor,
+                          executor_options=_executor_options(args, pipeline))
     print(report.format_table())
     plot = report.write_plot(args.out / "latency.png")
     print(f"wrote {args.out / 'report.json'} and {plot}", file=sys.stderr)

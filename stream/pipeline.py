@@ -33,24 +33,27 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: Iterable[str] = (),
-                  env: Mapping[str, str] | None = None) -> "Pipeline":
-        return cls(load_pipeline(path, overrides=overrides, env=env))
+                  env: Mapping[str, str] | None = None, executor: str | None = None) -> "Pipeline":
+        return cls(load_pipeline(path, overrides=overrides, env=env, executor=executor))
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source_name: str | None = None) -> "Pipeline":
         return cls(build_pipeline(mapping, source_name=source_name))
 
     def run(self, frames: int | None = None, free_running: bool = False, report: str | Path | None = None,
-            dashboard: bool = False, progress: bool = False, executor: str | None = None) -> Any:
+            dashboard: bool = False, progress: bool = False, executor: str | None = None,
+            executor_options: Mapping[str, Any] | None = None) -> Any:
         """Run until the sources end (or `frames` per source, or a signal); returns the RunReport.
 
-        `executor` overrides the spec's (`local`, `ray`). The report is written to `report` (JSON)
+        `executor` overrides the spec's (`local`, `ray`); `executor_options` are its own keyword options
+        (the Ray executor's `address`). The report is written to `report` (JSON)
         whenever a report exists, also after Ctrl-C.
         """
         from stream.executors import create_executor
         from stream.stopping import StopOnSignals
 
-        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames)
+        runner = create_executor(self.spec, executor, free_running=free_running, max_frames=frames,
+                                 **dict(executor_options or {}))
         self.executor = runner
         with StopOnSignals(runner) as signals:
             runner.start()

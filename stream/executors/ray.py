@@ -179,7 +179,10 @@ class RayExecutor:
             return self.wait()
 
     def snapshot(self) -> dict[str, Any]:
-        """A live view for dashboards: the actors' counters (at most one poll old) plus host and actor."""
+        """A live view for dashboards: the actors' counters (fresh, or at most one poll old while another
+        thread waits) plus each node's host and actor."""
+        if self._state == "running" and not self._waiting:
+            self._take_snapshots()
         runs = []
         for group in list(self.groups.values()):
             inc = group.current
@@ -443,9 +446,11 @@ class RayExecutor:
         import ray
         from ray.exceptions import RayActorError
 
-        grace = self.hard_stop_grace_s if self._hard else 0.0
         live = [(g, g.current) for g in self.groups.values() if not g.current.dead]
-        refs = [inc.handle.finish.remote(grace or self.hard_stop_grace_s) for _, inc in live]
+        # Ticket outcomes still on their way to the issuing actors arrive before anything is torn down.
+        flushes = [inc.handle.flush_tickets.remote() for _, inc in live]
+        ray.wait(flushes, num_returns=len(flushes), timeout=10)
+        refs = [inc.handle.finish.remote(self.hard_stop_grace_s) for _, inc in live]
         for (group, inc), ref in zip(live, refs):
             try:
                 inc.state = ray.get(ref)

@@ -28,7 +28,7 @@ from stream.executors.failures import FailureLog
 from stream.executors.local import _joined_part_dropped
 from stream.executors.local_flow import Dataflow, Worker
 from stream.executors.ray_tickets import TicketDesk
-from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, Receiver, Sender
+from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, CallLink, ChannelLink, Receiver, Sender
 from stream.executors.reporting import node_counters
 from stream.frame import now_ns
 from stream.join import Joiner
@@ -156,37 +156,46 @@ class NodeGroupActor:
 
     def open_output(self, edge: EdgeKey, reader: Any, reader_node_id: str, capacity: int,
                     policy: str) -> tuple[Any, list[str]]:
-        """A channel for edge `edge` to actor `reader` (writers create channels); on a reconnect (the
-        reader was restarted) also the streams the old reader had been sent, whose state it lost."""
-        from ray.experimental.channel.shared_memory_channel import Channel
-
+        """The link for edge `edge` to actor `reader`: a shared-memory channel when the reader runs on
+        this Ray node (returned, for `open_input`; writers create channels), actor calls otherwise
+        (None). On a reconnect (the reader was restarted) also the streams the old reader had been
+        sent, whose state it lost."""
         import ray
 
-        channel = Channel(ray.get_runtime_context().current_actor, [(reader, reader_node_id)], INITIAL_BUFFER_BYTES)
+        channel = None
+        if reader_node_id == ray.get_runtime_context().get_node_id():
+            from ray.experimental.channel.shared_memory_channel import Channel
+
+            channel = Channel(ray.get_runtime_context().current_actor, [(reader, reader_node_id)],
+                              INITIAL_BUFFER_BYTES)
+            link: Any = ChannelLink(channel)
+        else:
+            link = CallLink(reader, edge)
         sender = self.senders.get(edge)
         if sender is None:
             sender = Sender(edge[0], edge[1], capacity, QueuePolicy(policy), self._tickets.portable)  # type: ignore[union-attr]
             self.senders[edge] = sender
             self.workers[edge[0]].outputs.append(sender.edge)
-            sender.attach(channel)
+            sender.attach(link)
             if self._flow is not None:
                 sender.start()
             return channel, []
-        return channel, sorted(sender.attach(channel))
+        return channel, sorted(sender.attach(link))
 
     def open_input(self, edge: EdgeKey, channel: Any) -> None:
-        """Read edge `edge` from `channel` (made by the producer's actor); a second call switches to the
-        channel of a restarted producer."""
+        """Take edge `edge` from `channel` (made by the producer's actor on this node), or from its
+        `deliver` calls (None); a second call switches to the link of a restarted producer."""
         receiver = self.receivers.get(edge)
-        if receiver is not None:
-            receiver.attach(channel)
-            return
-        inbox_edge = self._remote_inputs.pop(edge, None)
-        if inbox_edge is None:
-            raise RuntimeError(f"actor {self!r} has no input edge {edge[0]} -> {edge[1]}")
-        receiver = self.receivers[edge] = Receiver(inbox_edge, channel)
-        if self._flow is not None:
-            receiver.start()
+        if receiver is None:
+            inbox_edge = self._remote_inputs.pop(edge, None)
+            if inbox_edge is None:
+                raise RuntimeError(f"actor {self!r} has no input edge {edge[0]} -> {edge[1]}")
+            receiver = self.receivers[edge] = Receiver(inbox_edge, self._tickets.adopt)  # type: ignore[union-attr]
+        receiver.attach(channel)
+
+    def deliver(self, edge: EdgeKey, message: Any) -> None:
+        """A message of edge `edge` from a producer on another Ray node (its `CallLink`)."""
+        self.receivers[edge].deliver(message)
 
     # ------------------------------------------------------------------------------------- run
 
@@ -267,6 +276,10 @@ class NodeGroupActor:
         sender = self.senders.get(edge)
         if sender is not None:
             sender.abandon()
+
+    def flush_tickets(self, timeout_s: float = 5.0) -> int:
+        """Wait until the ticket outcomes this actor sent have reached their issuers (before teardown)."""
+        return self._tickets.flush(timeout_s) if self._tickets is not None else 0
 
     def resolve_ticket(self, number: int, outcome: Any) -> bool:
         return self._tickets.resolve(number, outcome) if self._tickets is not None else False

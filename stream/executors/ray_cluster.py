@@ -44,7 +44,7 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_memor
     previous_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; the stop policy owns it
     try:
         if address is None and not os.environ.get("RAY_ADDRESS"):
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      object_store_memory=object_store_memory or LOCAL_OBJECT_STORE_BYTES,
                      namespace="costream", configure_logging=False, log_to_driver=True)
             return True
@@ -97,11 +97,12 @@ class ActorGroup:
     labels: Mapping[str, str] = field(default_factory=dict)
     on_death: ActorDeathPolicy = ActorDeathPolicy.STOP
     max_restarts: int = 0
+    inputs: int = 0  # edges into its nodes: each may hold a thread delivering from another Ray node
 
     def actor_options(self) -> dict[str, Any]:
         # No ray.num_cpus: reserve none (Ray's implicit default would hold a CPU per actor while placing it,
         # and a 2-core machine could not place a third node).
-        options: dict[str, Any] = {"max_concurrency": ACTOR_CONCURRENCY, "max_restarts": 0, "num_gpus": self.num_gpus,
+        options: dict[str, Any] = {"max_concurrency": ACTOR_CONCURRENCY + self.inputs, "max_restarts": 0, "num_gpus": self.num_gpus,
                                    "num_cpus": self.num_cpus or 0}
         if self.resources:
             options["resources"] = dict(self.resources)
@@ -149,7 +150,8 @@ def plan_groups(plan: GraphPlan) -> list[ActorGroup]:
             name=head, nodes=tuple(names), num_cpus=sum(cpus) if cpus else None,
             num_gpus=float(sum(explicit_gpus) + len(cuda)), resources=resources, labels=labels,
             on_death=ActorDeathPolicy.RESTART if restart else ActorDeathPolicy.STOP,
-            max_restarts=min(o.max_restarts for o in options) if restart else 0))
+            max_restarts=min(o.max_restarts for o in options) if restart else 0,
+            inputs=sum(len(plan.nodes[n].spec.inputs) for n in names)))
     return groups
 
 

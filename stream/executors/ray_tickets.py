@@ -35,12 +35,13 @@ _SWEEP_EVERY = 1024  # issued tickets between two sweeps of the resolved ones ou
 class RemoteTicket(Ticket):
     """A ticket whose outcome is sent to the actor that holds the original (see the module docstring)."""
 
-    __slots__ = ("issuer", "number")
+    __slots__ = ("issuer", "number", "outbox")
 
     def __init__(self, issuer: Any, number: int) -> None:
         super().__init__(_send_back)
         self.issuer = issuer  # the issuing actor's handle
         self.number = number
+        self.outbox: TicketDesk | None = None  # the desk of the actor holding it, which tracks what it sent
 
     def __reduce__(self) -> Any:
         return (RemoteTicket, (self.issuer, self.number))
@@ -53,9 +54,12 @@ class RemoteTicket(Ticket):
 def _send_back(ticket: Ticket, outcome: Outcome) -> None:
     remote: RemoteTicket = ticket  # type: ignore[assignment]
     try:
-        remote.issuer.resolve_ticket.remote(remote.number, portable(outcome))
+        ref = remote.issuer.resolve_ticket.remote(remote.number, portable(outcome))
     except Exception as exc:  # the issuer is gone: nobody is left to answer
         log.debug("ticket %d: the issuing actor is unreachable: %s", remote.number, exc)
+        return
+    if remote.outbox is not None:
+        remote.outbox.sent(ref)
 
 
 def portable(outcome: Outcome) -> Outcome:
@@ -109,7 +113,35 @@ class TicketDesk:
         self._open: dict[int, Ticket] = {}
         self._numbers = itertools.count()
         self._issued = 0
+        self._sent: list[Any] = []  # outcomes this actor sent to issuers and not yet known delivered
         self.resolved_remotely = 0
+
+    def adopt(self, ticket: Any) -> None:
+        """A remote ticket arrived here: what it sends back is tracked by this desk (see `flush`)."""
+        if isinstance(ticket, RemoteTicket):
+            ticket.outbox = self
+
+    def sent(self, ref: Any) -> None:
+        with self._lock:
+            self._sent.append(ref)
+            if len(self._sent) >= _SWEEP_EVERY:
+                import ray
+
+                done, _ = ray.wait(self._sent, num_returns=len(self._sent), timeout=0)
+                finished = set(done)
+                self._sent = [r for r in self._sent if r not in finished]
+
+    def flush(self, timeout_s: float) -> int:
+        """Wait until the outcomes this actor sent have reached their issuers; returns how many did not
+        within `timeout_s` (called before any actor is torn down, so no answer is lost to the order)."""
+        import ray
+
+        with self._lock:
+            pending, self._sent = self._sent, []
+        if not pending:
+            return 0
+        _, late = ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+        return len(late)
 
     def portable(self, ticket: Any) -> Any:
         """The ticket a frame leaving this actor carries (a `RemoteTicket` travels as it is)."""

@@ -134,19 +134,82 @@ def encode(frame: Frame, offset_ns: int, tickets: Callable[[Any], Any] | None) -
 _NO_META: MappingProxyType = MappingProxyType({})
 
 
-def decode(item: tuple, offset_ns: int) -> Frame:
-    """The frame `encode` made, with timestamps back on this process's monotonic clock."""
+def decode(item: tuple, offset_ns: int, adopt: Callable[[Any], None] | None = None) -> Frame:
+    """The frame `encode` made, with timestamps back on this process's monotonic clock; `adopt` is
+    shown the frame's ticket (a remote one: this actor tracks the outcome it will send back)."""
     stream, seq, t_capture, data, meta, trace, ticket = item
+    if ticket is not None and adopt is not None:
+        adopt(ticket)
     return Frame.trusted(stream, seq, t_capture - offset_ns, _decode_data(data),
                          MappingProxyType(_decode_data(meta)) if meta else _NO_META,
                          tuple((name, t - offset_ns) for name, t in trace), ticket)
+
+
+# ------------------------------------------------------------------------------------------ links
+
+
+class LinkGone(Exception):
+    """The reader at the other end of a link is gone (its actor died)."""
+
+
+class ChannelLink:
+    """Writer and reader on the same Ray node: a shared-memory channel, written by this process."""
+
+    kind = "channel"
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    def write(self, message: Any) -> bool:
+        """One attempt: True once written, False if the reader has not read the previous message yet."""
+        from ray.exceptions import RayChannelError, RayChannelTimeoutError
+
+        try:
+            self.channel.write(message, timeout=POLL_S)
+        except RayChannelTimeoutError:
+            return False
+        except RayChannelError as exc:
+            raise LinkGone(str(exc)) from None
+        return True
+
+
+class CallLink:
+    """Writer and reader on different Ray nodes: one `deliver` actor call in flight at a time.
+
+    A channel between nodes is pushed by the reader's raylet, which then waits in its main thread
+    for the reader to release the previous message; a reader that dies leaves that raylet stuck
+    (it no longer schedules actors nor reports deaths, Ray 2.60). An actor call fails cleanly instead.
+    """
+
+    kind = "call"
+
+    def __init__(self, reader: Any, edge: tuple[str, str]) -> None:
+        self.reader = reader
+        self.edge = edge
+        self._pending: Any = None
+
+    def write(self, message: Any) -> bool:
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self._pending is not None:
+            ready, _ = ray.wait([self._pending], timeout=POLL_S, fetch_local=False)
+            if not ready:
+                return False
+            pending, self._pending = self._pending, None
+            try:
+                ray.get(pending)
+            except RayActorError as exc:
+                raise LinkGone(str(exc)) from None
+        self._pending = self.reader.deliver.remote(self.edge, message)
+        return True
 
 
 # --------------------------------------------------------------------------------------- send side
 
 
 class Sender:
-    """The producer's end of one cross-actor edge: a policy queue drained by a thread into a channel."""
+    """The producer's end of one cross-actor edge: a policy queue drained by a thread into a link."""
 
     def __init__(self, source: str, target: str, capacity: int, policy: QueuePolicy,
                  tickets: Callable[[Any], Any] | None = None) -> None:
@@ -155,19 +218,19 @@ class Sender:
         self._queue = Inbox(target)
         self.edge: Edge = self._queue.add_edge(source, capacity, policy)  # what the producer's worker puts into
         self.tickets = tickets
-        self.channel: Any = None
-        self.written = 0  # frames written into a channel
-        self.lost = 0  # frames taken from the queue that no channel took (the reader went away)
-        self.streams: set[str] = set()  # streams written to the current channel (state a reader keeps)
+        self.link: ChannelLink | CallLink | None = None
+        self.written = 0  # frames handed to a link
+        self.lost = 0  # frames taken from the queue that no link took (the reader went away for good)
+        self.streams: set[str] = set()  # streams sent to the current reader (whose state it keeps)
         self._abandoned = threading.Event()  # stop writing: the reader is gone for good
         self._swap = threading.Lock()
         self._offset = wall_offset_ns()
         self.thread: threading.Thread | None = None
 
-    def attach(self, channel: Any) -> set[str]:
-        """Write to `channel` from now on (a restarted reader); returns the streams the old one had seen."""
+    def attach(self, link: ChannelLink | CallLink) -> set[str]:
+        """Write to `link` from now on (a restarted reader); returns the streams the old one had been sent."""
         with self._swap:
-            self.channel = channel
+            self.link = link
             seen, self.streams = self.streams, set()
         return seen
 
@@ -219,19 +282,15 @@ class Sender:
                 pass
 
     def _write(self, message: Any) -> bool:
-        """Write one message, waiting while the reader has not read the previous one; False if the
-        reader went away for good (abandoned)."""
-        from ray.exceptions import RayChannelError, RayChannelTimeoutError
-
+        """Write one message, waiting while the reader has not taken the previous one; False if the
+        reader went away for good (abandoned). A reader that died waits here for its restart."""
         while not self._abandoned.is_set():
             with self._swap:
-                channel = self.channel
+                link = self.link
             try:
-                channel.write(message, timeout=POLL_S)
-                return True
-            except RayChannelTimeoutError:
-                continue
-            except RayChannelError:
+                if link is not None and link.write(message):
+                    return True
+            except LinkGone:
                 if self._abandoned.wait(POLL_S):
                     break
         return False
@@ -247,63 +306,96 @@ def _resolve_lost(frames: list[Frame], node: str) -> None:
 
 
 class Receiver:
-    """The consumer's end of one cross-actor edge: a thread reading the channel into the inbox edge."""
+    """The consumer's end of one cross-actor edge: a thread reading a channel, or `deliver` called by
+    the producer's actor (a link between nodes), into the inbox edge."""
 
-    def __init__(self, edge: Edge, channel: Any) -> None:
+    def __init__(self, edge: Edge, adopt: Callable[[Any], None] | None = None) -> None:
         self.edge = edge
-        self.channel = channel
-        self.received = 0  # frames read from channels (what the edge was offered)
+        self.adopt = adopt
+        self.channel: Any = None  # None: messages come through `deliver`
+        self.received = 0  # frames taken from links (what the edge was offered)
+        self._count = threading.Lock()
         self._ended = threading.Event()
         self._swap = threading.Lock()
         self._offset = wall_offset_ns()
         self.thread: threading.Thread | None = None
 
     def attach(self, channel: Any) -> None:
-        """Read from `channel` from now on (a restarted writer)."""
+        """Read from `channel` from now on (None: the producer calls `deliver`); a restarted producer."""
         with self._swap:
             self.channel = channel
+            if channel is not None and self._started and self.thread is None:
+                self._start_thread()
+
+    _started = False
 
     def start(self) -> None:
+        """Start reading (a thread only when messages come through a channel)."""
+        with self._swap:
+            self._started = True
+            if self.channel is not None and self.thread is None:
+                self._start_thread()
+
+    def _start_thread(self) -> None:
         self.thread = threading.Thread(target=self._run, name=f"costream-recv-{self.edge.source}->{self.edge.target}",
                                        daemon=True)
         self.thread.start()
 
     def end(self) -> None:
-        """The writer is gone and will not come back: the edge ends (what it had sent is counted)."""
-        self._ended.set()
+        """No more messages will come (the producer is gone for good, or the run is over)."""
+        if not self._ended.is_set():
+            self._ended.set()
+            self.edge.finish()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def deliver(self, message: Any) -> None:
+        """A message from the producer's actor; returns once its frames are queued (or dropped)."""
+        if not self._ended.is_set():
+            self._take(message)
+
+    def _take(self, message: Any) -> None:
+        if isinstance(message, str) and message == END:
+            self.end()
+            return
+        offset, adopt = self._offset, self.adopt
+        frames = [decode(item, offset, adopt) for item in message]
+        del message  # a channel's buffer is released before we may block on a full queue
+        with self._count:
+            self.received += len(frames)
+        put = self.edge.put
+        for frame in frames:
+            put(frame, now_ns(), None)
 
     def _run(self) -> None:
         from ray.exceptions import RayChannelError, RayChannelTimeoutError
 
-        edge = self.edge
-        put = edge.put
         try:
             while not self._ended.is_set():
                 with self._swap:
                     channel = self.channel
+                if channel is None:
+                    self._ended.wait(POLL_S)
+                    continue
                 try:
                     message = channel.read(timeout=POLL_S)
                 except RayChannelTimeoutError:
                     continue
                 except RayChannelError:
-                    self._ended.wait(POLL_S)
+                    self._ended.wait(POLL_S)  # the writer is gone: its restart attaches a new channel
                     continue
-                if isinstance(message, str) and message == END:
-                    break
                 if isinstance(message, BaseException):  # Ray hands some channel failures back as values
-                    log.warning("edge %s: the channel failed: %s", edge.name, message)
+                    log.warning("edge %s: the channel failed: %s", self.edge.name, message)
                     self._ended.wait(POLL_S)
                     continue
-                offset = self._offset
-                frames = [decode(item, offset) for item in message]
-                del message  # release the channel buffer before we may block on a full queue
-                self.received += len(frames)
-                for frame in frames:
-                    put(frame, now_ns(), None)
+                self._take(message)
+                message = None  # no view into the channel's buffer may outlive the next read
         except Exception:
-            log.exception("the receiver of edge %s failed; the edge ends here", edge.name)
-        finally:
-            edge.finish()
+            log.exception("the receiver of edge %s failed; the edge ends here", self.edge.name)
+            self.end()
 
 
-__all__ = ["END", "INITIAL_BUFFER_BYTES", "Receiver", "Sender", "decode", "encode", "wall_offset_ns"]
+__all__ = ["END", "INITIAL_BUFFER_BYTES", "CallLink", "ChannelLink", "LinkGone", "Receiver", "Sender", "decode",
+           "encode", "wall_offset_ns"]
