@@ -42,7 +42,7 @@ class RecordSink(Sink):
 
     def setup(self, context) -> None:
         super().setup(context)
-        self._file = open(self.params.path, "w", encoding="utf-8")
+        self._file = open(self.params.path, "w", encoding="utf-8", buffering=1)  # lines visible at once
 
     def process(self, frame: Frame) -> None:
         self._file.write(json.dumps({"stream": frame.stream, "seq": frame.seq, "data": digest(frame.data)}) + "\n")

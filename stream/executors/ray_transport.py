@@ -314,7 +314,7 @@ class Receiver:
         self.adopt = adopt
         self.channel: Any = None  # None: messages come through `deliver`
         self.received = 0  # frames taken from links (what the edge was offered)
-        self._count = threading.Lock()
+        self._taking = threading.Lock()  # taking a message in, or ending the edge
         self._ended = threading.Event()
         self._swap = threading.Lock()
         self._offset = wall_offset_ns()
@@ -342,10 +342,13 @@ class Receiver:
         self.thread.start()
 
     def end(self) -> None:
-        """No more messages will come (the producer is gone for good, or the run is over)."""
-        if not self._ended.is_set():
-            self._ended.set()
-            self.edge.finish()
+        """No more messages will come (the producer is gone for good, or the run is over). Frames of a
+        message still being taken in are queued first; any later ones are not taken (the report counts
+        them as lost in transit)."""
+        with self._taking:
+            if not self._ended.is_set():
+                self._ended.set()
+                self.edge.finish()
 
     @property
     def ended(self) -> bool:
@@ -363,11 +366,13 @@ class Receiver:
         offset, adopt = self._offset, self.adopt
         frames = [decode(item, offset, adopt) for item in message]
         del message  # a channel's buffer is released before we may block on a full queue
-        with self._count:
+        with self._taking:  # never into an edge that has ended: its consumer may be gone
+            if self._ended.is_set():
+                return
             self.received += len(frames)
-        put = self.edge.put
-        for frame in frames:
-            put(frame, now_ns(), None)
+            put = self.edge.put
+            for frame in frames:
+                put(frame, now_ns(), None)
 
     def _run(self) -> None:
         from ray.exceptions import RayChannelError, RayChannelTimeoutError
