@@ -15,6 +15,7 @@ import os
 import signal
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from stream.devices import Device, DeviceUnavailableError, parse_device
@@ -46,7 +47,8 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_memor
         if address is None and not os.environ.get("RAY_ADDRESS"):
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
                      object_store_memory=object_store_memory or LOCAL_OBJECT_STORE_BYTES,
-                     namespace="costream", configure_logging=False, log_to_driver=True)
+                     namespace="costream", configure_logging=False, log_to_driver=True,
+                     runtime_env=local_runtime_env())
             return True
         ray.init(address=address, namespace="costream", configure_logging=False, log_to_driver=True)
         return False
@@ -60,6 +62,16 @@ def connect(address: str | None, num_cpus: int | None = None, object_store_memor
                 signal.signal(signal.SIGTERM, previous_sigterm)
             except ValueError:  # not the main thread: nothing was installed there either
                 pass
+
+
+def local_runtime_env() -> dict[str, Any]:
+    """Workers of a Ray started here import the same costream (and node modules) as this process: the
+    directory holding `stream` and this process's PYTHONPATH come first on theirs."""
+    import stream
+
+    root = str(Path(stream.__file__).resolve().parent.parent)
+    paths = [root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
 
 
 def ray_devices(gpus_in_cluster: float):
