@@ -141,11 +141,13 @@ def test_completion_tickets_are_answered_across_actors(cluster):
 
 
 def dying_pipeline(path: Path, policy: str, marker: Path):
+    """All on one Ray node: lossless edges there take the short path (no hand-off threads), which a
+    death must not hang."""
     return pipeline_spec(
-        node_spec("src", Synthetic, Synthetic.Params(count=60, shape=(4,)), rate_hz=400.0),
+        node_spec("src", Synthetic, Synthetic.Params(count=60, shape=(4,)), rate_hz=400.0, ray=on("camera_host")),
         node_spec("x", ExitAt, ExitAt.Params(at_seq=10, marker=str(marker)), ["src"],
                   ray=RayNodeOptions(resources={"camera_host": 0.1}, on_actor_death=policy)),
-        node_spec("rec", RecordSink, RecordSink.Params(str(path)), ["x"]),
+        node_spec("rec", RecordSink, RecordSink.Params(str(path)), ["x"], ray=on("camera_host")),
         name="dying")
 
 
@@ -164,11 +166,12 @@ def test_a_dead_actor_is_restarted_with_fresh_state(cluster, tmp_path):
     balanced(report)
 
 
-def test_a_killed_actor_stops_the_run_with_its_node_named_and_the_rest_drains(cluster, tmp_path):
-    spec = pipeline_spec(
-        node_spec("src", Synthetic, Synthetic.Params(count=2000, shape=(4,)), rate_hz=500.0),
+@pytest.mark.parametrize("ends", ["head_host", "camera_host"], ids=["edges across nodes", "edges within a node"])
+def test_a_killed_actor_stops_the_run_with_its_node_named_and_the_rest_drains(cluster, tmp_path, ends):
+    spec = pipeline_spec(  # across nodes edges are actor calls; within one, channels without hand-off threads
+        node_spec("src", Synthetic, Synthetic.Params(count=2000, shape=(4,)), rate_hz=500.0, ray=on(ends)),
         node_spec("p", Passthrough, None, ["src"], ray=on("camera_host")),
-        node_spec("rec", RecordSink, RecordSink.Params(str(tmp_path / "rec.jsonl")), ["p"]),
+        node_spec("rec", RecordSink, RecordSink.Params(str(tmp_path / "rec.jsonl")), ["p"], ray=on(ends)),
         name="killed")
     executor = RayExecutor(spec).start()
     while executor.snapshot()["nodes"]["rec"]["frames_in"] < 20:  # a condition, polled: no fixed sleep

@@ -27,6 +27,7 @@ from stream.devices import Device
 from stream.executors.failures import FailureLog
 from stream.executors.local import _joined_part_dropped
 from stream.executors.local_flow import Dataflow, Worker
+from stream.executors.ray_direct import DirectInbox, DirectSender
 from stream.executors.ray_tickets import TicketDesk
 from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, CallLink, ChannelLink, Receiver, Sender
 from stream.executors.reporting import node_counters
@@ -173,7 +174,11 @@ class NodeGroupActor:
             link = CallLink(reader, edge)
         sender = self.senders.get(edge)
         if sender is None:
-            sender = Sender(edge[0], edge[1], capacity, QueuePolicy(policy), self._tickets.portable)  # type: ignore[union-attr]
+            portable = self._tickets.portable  # type: ignore[union-attr]
+            if channel is not None and QueuePolicy(policy) is QueuePolicy.BLOCK:
+                sender = DirectSender(edge[0], edge[1], capacity, portable)  # written by the producer's thread
+            else:
+                sender = Sender(edge[0], edge[1], capacity, QueuePolicy(policy), portable)
             self.senders[edge] = sender
             self.workers[edge[0]].outputs.append(sender.edge)
             sender.attach(link)
@@ -190,7 +195,14 @@ class NodeGroupActor:
             inbox_edge = self._remote_inputs.pop(edge, None)
             if inbox_edge is None:
                 raise RuntimeError(f"actor {self!r} has no input edge {edge[0]} -> {edge[1]}")
-            receiver = self.receivers[edge] = Receiver(inbox_edge, self._tickets.adopt)  # type: ignore[union-attr]
+            worker = self.workers[edge[1]]
+            adopt = self._tickets.adopt  # type: ignore[union-attr]
+            if channel is not None and len(worker.spec.inputs) == 1 and worker.joiner is None \
+                    and inbox_edge.policy is QueuePolicy.BLOCK:
+                receiver = worker.inbox = DirectInbox(edge[0], edge[1], inbox_edge.capacity, adopt)  # type: ignore[assignment]
+            else:
+                receiver = Receiver(inbox_edge, adopt)
+            self.receivers[edge] = receiver
         receiver.attach(channel)
 
     def deliver(self, edge: EdgeKey, message: Any) -> None:
