@@ -8,8 +8,9 @@ For small frames (one float) and 224x224x3 uint8 frames, in one process (Ray sta
   per hop = end-to-end (capture -> sink) / (hops + 1) hand-offs;
 - throughput: a free-running source, lossless (`block`) edges of 4 frames, frames/s through the chain;
 - the largest queue depth seen on any edge (queues stay bounded by their capacity);
-- the naive baseline: `ref = x; for a in actors: ref = a.f.remote(ref); ray.get(ref)` per frame
-  (latency), and every frame's chain submitted at once, then `ray.get` (throughput; unbounded).
+- the naive baseline: `ref = x; for a in actors: ref = a.f.remote(ref); ray.get(ref)` per frame,
+  paced like the executors' source (latency), and every frame's chain submitted at once, then
+  `ray.get` (throughput; nothing bounds what is in flight).
 
 The Ray executor moves frames between actors on one machine through Ray shared-memory channels; the
 naive chain moves them through actor calls and the object store. Goal: Ray executor per-hop p50 <=
@@ -34,7 +35,7 @@ from stream.nodes import NullSink, Passthrough, Synthetic
 from stream.spec import InputSpec, NodeSpec, PipelineSpec, QueuePolicy
 
 FRAMES = {"small": ((1,), "float32"), "224x224x3": ((224, 224, 3), "uint8")}
-LATENCY_RATE_HZ = 100.0  # paced source for the latency runs: frames never overlap at this rate
+LATENCY_RATE_HZ = 200.0  # default pace of the latency runs (--rate): frames do not overlap at this rate
 WARMUP = 20
 
 
@@ -51,13 +52,13 @@ def chain_spec(hops: int, shape: tuple[int, ...], dtype: str, count: int, rate_h
 
 
 def run_executor(kind: str, hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int,
-                 frames: int) -> dict[str, float]:
+                 frames: int, rate_hz: float = LATENCY_RATE_HZ) -> dict[str, float]:
     """Per-hop latency (paced, one frame in flight) and throughput (free-running) of one executor."""
     if kind == "ray":
         from stream.executors.ray import RayExecutor as Executor
     else:
         Executor = LocalExecutor  # type: ignore[assignment]
-    paced = Executor(chain_spec(hops, shape, dtype, lat_frames + WARMUP, LATENCY_RATE_HZ)).run()
+    paced = Executor(chain_spec(hops, shape, dtype, lat_frames + WARMUP, rate_hz)).run()
     per_hop_us = paced.e2e_samples_ms["sink"] * 1e3 / (hops + 1)
     free = Executor(chain_spec(hops, shape, dtype, frames, None), free_running=True).run()
     got = free.nodes["sink"].frames_in
@@ -70,7 +71,8 @@ def run_executor(kind: str, hops: int, shape: tuple[int, ...], dtype: str, lat_f
             "throughput_fps": fps, "max_queue_depth": depth, "queue_capacity": capacity}
 
 
-def run_naive(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, frames: int) -> dict[str, float]:
+def run_naive(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, frames: int,
+              rate_hz: float = LATENCY_RATE_HZ) -> dict[str, float]:
     """The chain a user would write with plain actor calls: each hop's result goes through Ray."""
     import ray
 
@@ -83,7 +85,12 @@ def run_naive(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, fr
     ray.get([a.f.remote(0) for a in actors])
     data = np.zeros(shape, dtype)
     per_hop = []
+    period_ns = int(1e9 / rate_hz)
+    next_t = time.perf_counter_ns()
     for i in range(lat_frames + WARMUP):
+        next_t += period_ns  # paced like the executors' source: every process idles between frames
+        while time.perf_counter_ns() < next_t:
+            time.sleep(max(0.0, (next_t - time.perf_counter_ns()) / 1e9))
         t0 = time.perf_counter_ns()
         ref = data
         for actor in actors:
@@ -111,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hops", type=int, default=4, help="pass-through nodes in the chain (each its own actor)")
     ap.add_argument("--latency-frames", type=int, default=500, help="frames for the one-in-flight latency runs")
     ap.add_argument("--frames", type=int, default=3000, help="frames for the free-running throughput runs")
+    ap.add_argument("--rate", type=float, default=LATENCY_RATE_HZ,
+                    help="frames per second of the latency runs (idle time between frames slows every wake-up)")
     ap.add_argument("--quick", action="store_true", help="a small run to check that the benchmark works")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -124,21 +133,21 @@ def main(argv: list[str] | None = None) -> dict:
              object_store_memory=256 * 1024 * 1024, configure_logging=False, log_to_driver=False,
              runtime_env=local_runtime_env())
     results: dict = {"hops": args.hops, "latency_frames": lat_frames, "frames": frames, "warmup": WARMUP,
-                     "latency_rate_hz": LATENCY_RATE_HZ, "machine": f"{platform.processor() or platform.machine()}, "
+                     "latency_rate_hz": args.rate, "machine": f"{platform.processor() or platform.machine()}, "
                      f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, ray {ray.__version__}", "cases": {}}
     try:
         for name, (shape, dtype) in FRAMES.items():
             case = results["cases"][name] = {}
             for kind in ("local", "ray"):
-                case[kind] = run_executor(kind, args.hops, shape, dtype, lat_frames, frames)
-            case["naive_ray"] = run_naive(args.hops, shape, dtype, lat_frames, frames)
+                case[kind] = run_executor(kind, args.hops, shape, dtype, lat_frames, frames, args.rate)
+            case["naive_ray"] = run_naive(args.hops, shape, dtype, lat_frames, frames, args.rate)
             case["naive_over_ray_p50"] = case["naive_ray"]["per_hop_p50_us"] / case["ray"]["per_hop_p50_us"]
             case["ray_over_local_p50"] = case["ray"]["per_hop_p50_us"] / case["local"]["per_hop_p50_us"]
     finally:
         ray.shutdown()
 
     print(f"chain of {args.hops} pass-through nodes ({args.hops + 1} hand-offs); {lat_frames} frames one in flight "
-          f"(paced at {LATENCY_RATE_HZ:g} Hz, first {WARMUP} skipped), {frames} frames free-running; {results['machine']}")
+          f"(paced at {args.rate:g} Hz, first {WARMUP} skipped), {frames} frames free-running; {results['machine']}")
     print(f"{'frames':<11}{'executor':<22}{'hop p50 us':>12}{'hop p99 us':>12}{'frames/s':>11}{'max queue':>11}")
     for name, case in results["cases"].items():
         for kind, label in (("local", "costream local"), ("ray", "costream ray"), ("naive_ray", "naive actor chain")):

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any, Callable
 
 from stream.edges import EdgeCounters, resolve_dropped
-from stream.executors.ray_transport import END, POLL_S, LinkGone, decode, encode, wall_offset_ns
+from stream.executors.ray_transport import END, POLL_S, LinkGone, decode, encode, pack, unpack, wall_offset_ns
 from stream.frame import Frame, now_ns
 from stream.spec import QueuePolicy
 
@@ -88,7 +88,7 @@ class DirectSender:
     def put(self, frame: Frame, t_ns: int, event: Any = None) -> bool:
         counters = self.counters
         counters.offered += 1
-        if not self._abandoned.is_set() and self._write([encode(frame, self._offset, self.tickets)]):
+        if not self._abandoned.is_set() and self._write(pack([encode(frame, self._offset, self.tickets)])):
             counters.delivered += 1
             if counters.max_depth == 0:
                 counters.max_depth = 1
@@ -260,7 +260,7 @@ class DirectInbox:
             log.warning("edge %s: the channel failed: %s", self.edge.name, message)
             return
         offset, adopt, t = self._offset, self.adopt, now_ns()
-        frames = [decode(item, offset, adopt) for item in message]
+        frames = [decode(item, offset, adopt) for item in unpack(message)]
         if self._closed or self._ended:  # too late: the report counts them as lost in transit
             return
         self.counters.offered += len(frames)
@@ -285,11 +285,12 @@ class DirectInbox:
                 if isinstance(message, str) and message == END:
                     self._ended = True
                     break
-                if isinstance(message, list):
+                if isinstance(message, (list, bytes)):
+                    items = unpack(message)
                     with self._cond:
-                        self.counters.offered += len(message)
-                        self.counters.discarded += len(message)
-                    frames = [decode(item, self._offset, self.adopt) for item in message]
+                        self.counters.offered += len(items)
+                        self.counters.discarded += len(items)
+                    frames = [decode(item, self._offset, self.adopt) for item in items]
                     resolve_dropped(frames, self.name)
                 message = None
 
