@@ -5,7 +5,8 @@ naive chain of Ray actor calls (what a user would write without costream).
 
 For small frames (one float) and 224x224x3 uint8 frames, in one process (Ray started once, locally):
 - per-hop latency, one frame in flight: the source is paced slowly enough that frames never overlap;
-  per hop = end-to-end (capture -> sink) / (hops + 1) hand-offs;
+  per hop = end-to-end (capture -> sink) / (hops + 1) hand-offs; local, Ray and naive runs are
+  interleaved in rounds so that the (shared) machine's load hits them alike;
 - throughput: a free-running source, lossless (`block`) edges of 4 frames, frames/s through the chain;
 - the largest queue depth seen on any edge (queues stay bounded by their capacity);
 - the naive baseline: `ref = x; for a in actors: ref = a.f.remote(ref); ray.get(ref)` per frame,
@@ -51,66 +52,116 @@ def chain_spec(hops: int, shape: tuple[int, ...], dtype: str, count: int, rate_h
     return PipelineSpec("executor_overhead", tuple(nodes), warmup_frames=WARMUP)
 
 
-def run_executor(kind: str, hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int,
-                 frames: int, rate_hz: float = LATENCY_RATE_HZ) -> dict[str, float]:
-    """Per-hop latency (paced, one frame in flight) and throughput (free-running) of one executor."""
+def executor_class(kind: str) -> type:
     if kind == "ray":
-        from stream.executors.ray import RayExecutor as Executor
-    else:
-        Executor = LocalExecutor  # type: ignore[assignment]
-    paced = Executor(chain_spec(hops, shape, dtype, lat_frames + WARMUP, rate_hz)).run()
-    per_hop_us = paced.e2e_samples_ms["sink"] * 1e3 / (hops + 1)
-    free = Executor(chain_spec(hops, shape, dtype, frames, None), free_running=True).run()
-    got = free.nodes["sink"].frames_in
-    if got != frames or not free.ok:
-        raise RuntimeError(f"{kind}: the sink got {got} of {frames} frames ({free.stop_reason})")
-    depth = max(e.max_depth for e in free.edges + paced.edges)
-    capacity = min(e.capacity for e in free.edges)
-    fps = free.nodes["sink"].throughput_hz  # frames the sink took per second, first to last
-    return {"per_hop_p50_us": float(np.percentile(per_hop_us, 50)), "per_hop_p99_us": float(np.percentile(per_hop_us, 99)),
-            "throughput_fps": fps, "max_queue_depth": depth, "queue_capacity": capacity}
+        from stream.executors.ray import RayExecutor
+
+        return RayExecutor
+    return LocalExecutor
 
 
-def run_naive(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, frames: int,
-              rate_hz: float = LATENCY_RATE_HZ) -> dict[str, float]:
+def executor_latency(kind: str, hops: int, shape: tuple[int, ...], dtype: str, count: int,
+                     rate_hz: float) -> tuple[np.ndarray, int]:
+    """Per-hop latency in us of `count` paced frames (one in flight), and the largest queue depth."""
+    report = executor_class(kind)(chain_spec(hops, shape, dtype, count + WARMUP, rate_hz)).run()
+    return report.e2e_samples_ms["sink"] * 1e3 / (hops + 1), max(e.max_depth for e in report.edges)
+
+
+def executor_throughput(kind: str, hops: int, shape: tuple[int, ...], dtype: str, frames: int) -> dict[str, float]:
+    """Frames per second through the chain, free-running, lossless edges."""
+    report = executor_class(kind)(chain_spec(hops, shape, dtype, frames, None), free_running=True).run()
+    got = report.nodes["sink"].frames_in
+    if got != frames or not report.ok:
+        raise RuntimeError(f"{kind}: the sink got {got} of {frames} frames ({report.stop_reason})")
+    return {"throughput_fps": report.nodes["sink"].throughput_hz,  # first to last frame at the sink
+            "max_queue_depth": max(e.max_depth for e in report.edges),
+            "queue_capacity": min(e.capacity for e in report.edges)}
+
+
+class NaiveChain:
     """The chain a user would write with plain actor calls: each hop's result goes through Ray."""
-    import ray
 
-    @ray.remote(num_cpus=0)
-    class Hop:
-        def f(self, x):
-            return x
+    def __init__(self, hops: int) -> None:
+        import ray
 
-    actors = [Hop.remote() for _ in range(hops)]
-    ray.get([a.f.remote(0) for a in actors])
+        @ray.remote(num_cpus=0)
+        class Hop:
+            def f(self, x):
+                return x
+
+        self.actors = [Hop.remote() for _ in range(hops)]
+        ray.get([a.f.remote(0) for a in self.actors])
+
+    def call(self, data: np.ndarray):
+        ref = data
+        for actor in self.actors:
+            ref = actor.f.remote(ref)
+        return ref
+
+    def latency(self, data: np.ndarray, count: int, rate_hz: float) -> np.ndarray:
+        """Per-hop us, one frame in flight, paced like the executors' source (all processes idle between)."""
+        import ray
+
+        per_hop = []
+        period_ns = int(1e9 / rate_hz)
+        next_t = time.perf_counter_ns()
+        for i in range(count + WARMUP):
+            next_t += period_ns
+            while time.perf_counter_ns() < next_t:
+                time.sleep(max(0.0, (next_t - time.perf_counter_ns()) / 1e9))
+            t0 = time.perf_counter_ns()
+            ray.get(self.call(data))
+            if i >= WARMUP:
+                per_hop.append((time.perf_counter_ns() - t0) / 1e3 / (len(self.actors) + 1))  # calls + result back
+        return np.asarray(per_hop)
+
+    def throughput(self, data: np.ndarray, frames: int) -> float:
+        """Every frame's chain submitted at once, then waited for: nothing bounds what is in flight."""
+        import ray
+
+        t0 = time.perf_counter()
+        ray.get([self.call(data) for _ in range(frames)])
+        return frames / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+def summary(per_hop_us: np.ndarray) -> dict[str, float]:
+    return {"per_hop_p50_us": float(np.percentile(per_hop_us, 50)), "per_hop_p99_us": float(np.percentile(per_hop_us, 99))}
+
+
+def measure_case(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, frames: int, rate_hz: float,
+                 rounds: int) -> dict:
+    """Latency in `rounds` interleaved rounds (local, ray, naive; the machine's load hits all alike),
+    then each one's throughput."""
+    samples: dict[str, list[np.ndarray]] = {"local": [], "ray": [], "naive_ray": []}
+    depth = {"local": 0, "ray": 0}
+    naive = NaiveChain(hops)
     data = np.zeros(shape, dtype)
-    per_hop = []
-    period_ns = int(1e9 / rate_hz)
-    next_t = time.perf_counter_ns()
-    for i in range(lat_frames + WARMUP):
-        next_t += period_ns  # paced like the executors' source: every process idles between frames
-        while time.perf_counter_ns() < next_t:
-            time.sleep(max(0.0, (next_t - time.perf_counter_ns()) / 1e9))
-        t0 = time.perf_counter_ns()
-        ref = data
-        for actor in actors:
-            ref = actor.f.remote(ref)
-        ray.get(ref)
-        if i >= WARMUP:
-            per_hop.append((time.perf_counter_ns() - t0) / 1e3 / (hops + 1))  # hops calls + the result back
-    t0 = time.perf_counter()
-    refs = []
-    for _ in range(frames):
-        ref = data
-        for actor in actors:
-            ref = actor.f.remote(ref)
-        refs.append(ref)
-    ray.get(refs)
-    fps = frames / (time.perf_counter() - t0)
-    for actor in actors:
-        ray.kill(actor)
-    return {"per_hop_p50_us": float(np.percentile(per_hop, 50)), "per_hop_p99_us": float(np.percentile(per_hop, 99)),
-            "throughput_fps": fps, "max_queue_depth": frames, "queue_capacity": None}
+    per_round = max(1, lat_frames // rounds)
+    try:
+        for _ in range(rounds):
+            for kind in ("local", "ray"):
+                hop_us, max_depth = executor_latency(kind, hops, shape, dtype, per_round, rate_hz)
+                samples[kind].append(hop_us)
+                depth[kind] = max(depth[kind], max_depth)
+            samples["naive_ray"].append(naive.latency(data, per_round, rate_hz))
+        case: dict = {}
+        for kind in ("local", "ray"):
+            case[kind] = {**summary(np.concatenate(samples[kind])), **executor_throughput(kind, hops, shape, dtype, frames)}
+            case[kind]["max_queue_depth"] = max(case[kind]["max_queue_depth"], depth[kind])
+        case["naive_ray"] = {**summary(np.concatenate(samples["naive_ray"])),
+                             "throughput_fps": naive.throughput(data, frames), "max_queue_depth": frames,
+                             "queue_capacity": None}
+    finally:
+        naive.close()
+    case["naive_over_ray_p50"] = case["naive_ray"]["per_hop_p50_us"] / case["ray"]["per_hop_p50_us"]
+    case["ray_over_local_p50"] = case["ray"]["per_hop_p50_us"] / case["local"]["per_hop_p50_us"]
+    return case
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,10 +171,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--frames", type=int, default=3000, help="frames for the free-running throughput runs")
     ap.add_argument("--rate", type=float, default=LATENCY_RATE_HZ,
                     help="frames per second of the latency runs (idle time between frames slows every wake-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (local, ray, naive)")
     ap.add_argument("--quick", action="store_true", help="a small run to check that the benchmark works")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
     lat_frames, frames = (60, 300) if args.quick else (args.latency_frames, args.frames)
+    rounds = 1 if args.quick else args.rounds
 
     import ray
 
@@ -133,21 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
              object_store_memory=256 * 1024 * 1024, configure_logging=False, log_to_driver=False,
              runtime_env=local_runtime_env())
     results: dict = {"hops": args.hops, "latency_frames": lat_frames, "frames": frames, "warmup": WARMUP,
-                     "latency_rate_hz": args.rate, "machine": f"{platform.processor() or platform.machine()}, "
+                     "latency_rate_hz": args.rate, "rounds": rounds, "machine": f"{platform.processor() or platform.machine()}, "
                      f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, ray {ray.__version__}", "cases": {}}
     try:
         for name, (shape, dtype) in FRAMES.items():
-            case = results["cases"][name] = {}
-            for kind in ("local", "ray"):
-                case[kind] = run_executor(kind, args.hops, shape, dtype, lat_frames, frames, args.rate)
-            case["naive_ray"] = run_naive(args.hops, shape, dtype, lat_frames, frames, args.rate)
-            case["naive_over_ray_p50"] = case["naive_ray"]["per_hop_p50_us"] / case["ray"]["per_hop_p50_us"]
-            case["ray_over_local_p50"] = case["ray"]["per_hop_p50_us"] / case["local"]["per_hop_p50_us"]
+            results["cases"][name] = measure_case(args.hops, shape, dtype, lat_frames, frames, args.rate, rounds)
     finally:
         ray.shutdown()
 
     print(f"chain of {args.hops} pass-through nodes ({args.hops + 1} hand-offs); {lat_frames} frames one in flight "
-          f"(paced at {args.rate:g} Hz, first {WARMUP} skipped), {frames} frames free-running; {results['machine']}")
+          f"(paced at {args.rate:g} Hz, {rounds} interleaved rounds, first {WARMUP} of each skipped), {frames} frames free-running; {results['machine']}")
     print(f"{'frames':<11}{'executor':<22}{'hop p50 us':>12}{'hop p99 us':>12}{'frames/s':>11}{'max queue':>11}")
     for name, case in results["cases"].items():
         for kind, label in (("local", "costream local"), ("ray", "costream ray"), ("naive_ray", "naive actor chain")):
