@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source tree without installing
 
 from stream.executors.local import LocalExecutor
+from stream.executors.ray_options import RayNodeOptions
 from stream.nodes import NullSink, Passthrough, Synthetic
 from stream.spec import InputSpec, NodeSpec, PipelineSpec, QueuePolicy
 
@@ -40,16 +41,55 @@ LATENCY_RATE_HZ = 200.0  # default pace of the latency runs (--rate): frames do 
 WARMUP = 20
 
 
-def chain_spec(hops: int, shape: tuple[int, ...], dtype: str, count: int, rate_hz: float | None) -> PipelineSpec:
+def chain_spec(hops: int, shape: tuple[int, ...], dtype: str, count: int, rate_hz: float | None,
+               alternate: tuple[str, str] | None = None) -> PipelineSpec:
+    """src -> p0 .. p{hops-1} -> sink; `alternate` pins the nodes in turn to two custom resources (Ray nodes)."""
+    def place(i: int):
+        return None if alternate is None else RayNodeOptions(resources={alternate[i % 2]: 0.01})
+
     nodes = [NodeSpec("src", "synthetic", Synthetic, Synthetic.Params(count=count, shape=shape, dtype=dtype),
-                      rate_hz=rate_hz)]
+                      rate_hz=rate_hz, ray=place(0))]
     prev = "src"
     for i in range(hops):
         nodes.append(NodeSpec(f"p{i}", "passthrough", Passthrough, Passthrough.Params(),
-                              inputs=(InputSpec(prev, 4, QueuePolicy.BLOCK),)))
+                              inputs=(InputSpec(prev, 4, QueuePolicy.BLOCK),), ray=place(i + 1)))
         prev = f"p{i}"
-    nodes.append(NodeSpec("sink", "null", NullSink, NullSink.Params(), inputs=(InputSpec(prev, 4, QueuePolicy.BLOCK),)))
+    nodes.append(NodeSpec("sink", "null", NullSink, NullSink.Params(), inputs=(InputSpec(prev, 4, QueuePolicy.BLOCK),),
+                          ray=place(hops + 1)))
     return PipelineSpec("executor_overhead", tuple(nodes), warmup_frames=WARMUP)
+
+
+def two_node_case(hops: int, shape: tuple[int, ...], dtype: str, lat_frames: int, frames: int,
+                  rate_hz: float) -> dict[str, float]:
+    """The Ray executor with every hop between two Ray nodes (actor calls instead of channels)."""
+    from stream.executors.ray import RayExecutor
+
+    paced = RayExecutor(chain_spec(hops, shape, dtype, lat_frames + WARMUP, rate_hz, ("node_a", "node_b"))).run()
+    free = RayExecutor(chain_spec(hops, shape, dtype, frames, None, ("node_a", "node_b")), free_running=True).run()
+    if free.nodes["sink"].frames_in != frames or not free.ok:
+        raise RuntimeError(f"two nodes: the sink got {free.nodes['sink'].frames_in} of {frames} frames")
+    return {**summary(paced.e2e_samples_ms["sink"] * 1e3 / (hops + 1)), "throughput_fps": free.nodes["sink"].throughput_hz,
+            "max_queue_depth": max(e.max_depth for e in free.edges + paced.edges),
+            "queue_capacity": min(e.capacity for e in free.edges)}
+
+
+def measure_two_nodes(args: argparse.Namespace, lat_frames: int, frames: int) -> dict:
+    """Start a two-node Ray on this machine (`ray.cluster_utils.Cluster`) and measure across it."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from stream.executors.ray_cluster import local_runtime_env
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "resources": {"node_a": 1}, "include_dashboard": False, "object_store_memory": 128 * 1024 * 1024})
+    cluster.add_node(num_cpus=1, resources={"node_b": 1}, object_store_memory=128 * 1024 * 1024)
+    try:
+        ray.init(address=cluster.address, configure_logging=False, log_to_driver=False, runtime_env=local_runtime_env())
+        return {name: two_node_case(args.hops, shape, dtype, lat_frames, frames, args.rate)
+                for name, (shape, dtype) in FRAMES.items()}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
 
 
 def executor_class(kind: str) -> type:
@@ -172,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rate", type=float, default=LATENCY_RATE_HZ,
                     help="frames per second of the latency runs (idle time between frames slows every wake-up)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds (local, ray, naive)")
+    ap.add_argument("--two-nodes", action="store_true",
+                    help="also measure the Ray executor with every hop between two Ray nodes started on this machine")
     ap.add_argument("--quick", action="store_true", help="a small run to check that the benchmark works")
     ap.add_argument("--json", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -193,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
             results["cases"][name] = measure_case(args.hops, shape, dtype, lat_frames, frames, args.rate, rounds)
     finally:
         ray.shutdown()
+    if args.two_nodes:
+        results["two_nodes"] = measure_two_nodes(args, lat_frames, frames)
 
     print(f"chain of {args.hops} pass-through nodes ({args.hops + 1} hand-offs); {lat_frames} frames one in flight "
           f"(paced at {args.rate:g} Hz, {rounds} interleaved rounds, first {WARMUP} of each skipped), {frames} frames free-running; {results['machine']}")
@@ -205,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['throughput_fps']:>11.0f}{depth:>11}")
         print(f"{'':<11}naive / ray per-hop p50: {case['naive_over_ray_p50']:.1f}x; ray / local: "
               f"{case['ray_over_local_p50']:.1f}x")
+    for name, row in results.get("two_nodes", {}).items():
+        print(f"{name:<11}{'ray, across 2 nodes':<22}{row['per_hop_p50_us']:>12.1f}{row['per_hop_p99_us']:>12.1f}"
+              f"{row['throughput_fps']:>11.0f}{str(row['max_queue_depth']) + '/' + str(row['queue_capacity']):>11}")
     small = results["cases"]["small"]
     results["goal_p50_under_0_5_ms"] = small["ray"]["per_hop_p50_us"] <= 500
     results["goal_3x_below_naive"] = small["naive_over_ray_p50"] >= 3

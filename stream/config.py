@@ -141,6 +141,11 @@ def apply_overrides(document: Any, overrides: Iterable[str], issues: list[Config
         elif path[0] in NODE_FIELDS and len(path) == 1:
             node[path[0]] = value
             continue
+        elif path[0] == "ray" and len(path) == 2:  # `model.ray.num_cpus=2`: one field of the node's `ray:`
+            if not isinstance(node.get("ray"), dict):
+                node["ray"] = {}
+            node["ray"][path[1]] = value
+            continue
         target = node.get("params")
         if not isinstance(target, dict):
             target = node["params"] = {}

@@ -29,7 +29,7 @@ from stream.executors.local import _joined_part_dropped
 from stream.executors.local_flow import Dataflow, Worker
 from stream.executors.ray_direct import DirectInbox, DirectSender
 from stream.executors.ray_tickets import TicketDesk
-from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, CallLink, ChannelLink, Receiver, Sender
+from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, CallLink, ChannelLink, Receiver, Sender, from_call_args
 from stream.executors.reporting import node_counters
 from stream.frame import now_ns
 from stream.join import Joiner
@@ -205,9 +205,9 @@ class NodeGroupActor:
             self.receivers[edge] = receiver
         receiver.attach(channel)
 
-    def deliver(self, edge: EdgeKey, message: Any) -> None:
+    def deliver(self, edge: EdgeKey, *parts: Any) -> None:
         """A message of edge `edge` from a producer on another Ray node (its `CallLink`)."""
-        self.receivers[edge].deliver(message)
+        self.receivers[edge].deliver(from_call_args(parts))
 
     # ------------------------------------------------------------------------------------- run
 
