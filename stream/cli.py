@@ -184,7 +184,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     spec = pipeline.spec
     edges = sum(len(n.inputs) for n in spec.nodes)
-    print(f"{args.pipeline}: ok ({len(spec.nodes)} nodes, {edges} edges)")
+    print(f"{args.pipeline}: ok ({len(spec.nodes)} nodes, {edges} edges), executor {spec.executor}")
     for node in spec.nodes:
         ins = ", ".join(f"{e.source}({e.policy.value},{e.queue_size})" for e in node.inputs)
         print(f"  {node.name:<20} {node.role:<8} {node.kind:<24} {node.device:<8} {('<- ' + ins) if ins else ''}")

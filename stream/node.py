@@ -100,14 +100,19 @@ class Source(Node):
         if seq is None:
             seq = self._next_seq.get(stream, 0)
         self._next_seq[stream] = seq + 1
-        return Frame.trusted(stream, seq, now_ns() if t_capture is None else t_capture, data,
-                             MappingProxyType(dict(meta)) if meta else _NO_META, (), ticket)
+        if not meta:
+            meta = _NO_META
+        elif meta.__class__ is not MappingProxyType:  # a read-only view is kept as it is, as Frame does
+            meta = MappingProxyType(dict(meta))
+        return Frame.trusted(stream, seq, now_ns() if t_capture is None else t_capture, data, meta, (), ticket)
 
     def stop(self) -> None:
         """Ask a `frames()` that may block (on a socket, a camera) to end soon.
 
         Called by the runtime when the pipeline is asked to stop, possibly from a signal handler:
-        only set a flag or an Event here. Sources that never block need not override it.
+        only set a flag or an Event here. A second call means the stop no longer drains: stop waiting
+        for anything (e.g. for answers to requests already accepted). Sources that never block need
+        not override it.
         """
 
     @classmethod

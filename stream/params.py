@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import enum
 import inspect
 import math
@@ -22,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
+
+from stream.suggest import suggest
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
 
@@ -187,10 +188,7 @@ def _build_dataclass(cls: type, mapping: Any, prefix: str, issues: list[ParamIss
     start = len(issues)
     for key, raw in mapping.items():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else (
-                f"; valid parameters: {', '.join(fields)}" if fields else "; this node takes no parameters"
-            )
+            hint = suggest(key, fields, "valid parameters") if fields else "; this node takes no parameters"
             issues.append(ParamIssue(_join(prefix, str(key)), f"unknown parameter {key!r}{hint}"))
             continue
         path = _join(prefix, key)
@@ -322,8 +320,7 @@ def _to_enum(value: Any, tp: type[enum.Enum]) -> enum.Enum:
         if value == member.value or (isinstance(value, str) and value.lower() == member.name.lower()):
             return member
     valid = [str(m.value) for m in tp]
-    close = difflib.get_close_matches(str(value), valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
+    hint = suggest(value, valid, listing=None)
     raise _Bad(f"expected one of {', '.join(valid)}, got {_show(value)}{hint}")
 
 

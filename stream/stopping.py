@@ -38,12 +38,12 @@ def escalate(executor: Any, signal_name: str, count: int) -> None:
     """What the `count`-th stop signal does to `executor` (anything with `request_stop(reason, drain=)`)."""
     reason = stop_reason(signal_name)
     if count == 1:
-        log.warning("%s received: draining (send it again to stop without draining)", signal_name)
         executor.request_stop(reason)
+        log.warning("%s received: draining (send it again to stop without draining)", signal_name)
     elif count == 2:
-        log.warning("second %s: stopping without draining; the nodes are still torn down and the report "
-                    "written", signal_name)
         executor.request_stop(reason, drain=False)
+        log.warning("second %s: stopped without draining; the nodes are still torn down and the report "
+                    "written", signal_name)
     else:
         log.warning("%s: already stopping; waiting for the nodes to be torn down", signal_name)
 

@@ -20,10 +20,12 @@ data) and resolves the original ticket there.
 """
 from __future__ import annotations
 
+import logging
 import threading
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
+
+log = logging.getLogger("costream.ticket")
 
 
 class Status(str, Enum):
@@ -36,9 +38,9 @@ class Status(str, Enum):
     CANCELLED = "cancelled"  # the issuer stopped waiting (a timeout, a shutdown)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a ticket was resolved: the status, the node where it happened and the frame it concerned."""
+class Outcome(NamedTuple):
+    """How a ticket was resolved: the status, the node where it happened and the frame it concerned
+    (a tuple: cheap to make on the request path, plain data to send between processes)."""
 
     status: Status
     node: str | None = None
@@ -47,64 +49,78 @@ class Outcome:
     result: Any = None  # RESULT: whatever the answering sink and the issuer agreed on
 
 
+_new = tuple.__new__
+_RESULT, _DROPPED, _FAILED, _ENDED, _CANCELLED = (
+    Status.RESULT, Status.DROPPED, Status.FAILED, Status.ENDED, Status.CANCELLED)
+
+
 class Ticket:
     """A frame's completion handle, resolved once; see the module docstring.
 
     `on_done(ticket, outcome)` runs in the thread that resolved the ticket, after the ticket is
-    marked done, and must not block. `tag` is the issuer's own data (e.g. which request this is).
-    Tickets of one issuer may share one `lock` (a lock per ticket costs an allocation per frame).
+    marked done, and must not block (an exception it raises is logged, not passed on). `tag` is the
+    issuer's own data (e.g. which request this is). Tickets of one issuer may share one `lock` (a
+    lock per ticket costs an allocation per frame). A ticket keeps only the status it was resolved
+    with, no frame: frames point at their ticket, and a ticket pointing back would keep every
+    answered frame (and its data) alive until the garbage collector finds the cycle.
     """
 
-    __slots__ = ("_lock", "_on_done", "_outcome", "tag")
+    __slots__ = ("_lock", "_on_done", "_status", "tag")
 
     def __init__(self, on_done: Callable[["Ticket", Outcome], None], tag: Any = None,
                  lock: threading.Lock | None = None) -> None:
         self._lock = threading.Lock() if lock is None else lock
         self._on_done = on_done
-        self._outcome: Outcome | None = None
+        self._status: Status | None = None
         self.tag = tag
 
     @property
     def done(self) -> bool:
-        return self._outcome is not None
+        return self._status is not None
 
     @property
-    def outcome(self) -> Outcome | None:
+    def status(self) -> Status | None:
         """How it was resolved, or None while it is open."""
-        return self._outcome
+        return self._status
 
     def resolve(self, outcome: Outcome) -> bool:
         """Resolve the ticket; False (and nothing happens) if it was resolved before."""
-        with self._lock:
-            if self._outcome is not None:
-                return False
-            self._outcome = outcome
-        self._on_done(self, outcome)
+        lock = self._lock
+        lock.acquire()
+        if self._status is not None:
+            lock.release()
+            return False
+        self._status = outcome[0]
+        lock.release()
+        try:
+            self._on_done(self, outcome)
+        except Exception:  # the issuer's bug must not take the resolving node (or the runtime) down
+            log.exception("the issuer of %r failed to take its outcome %s", self, outcome.status.value)
         return True
 
-    # The runtime's and the sinks' vocabulary; each returns what `resolve` returns.
+    # The runtime's and the sinks' vocabulary; each returns what `resolve` returns. (Outcomes are built
+    # with tuple.__new__: one per frame on the request path, without NamedTuple's Python-level __new__.)
     def result(self, node: str, frame: Any, value: Any) -> bool:
-        return self.resolve(Outcome(Status.RESULT, node, frame, result=value))
+        return self.resolve(_new(Outcome, (_RESULT, node, frame, None, value)))
 
     def dropped(self, node: str, frame: Any) -> bool:
-        return self.resolve(Outcome(Status.DROPPED, node, frame))
+        return self.resolve(_new(Outcome, (_DROPPED, node, frame, None, None)))
 
     def failed(self, node: str, frame: Any, error: BaseException) -> bool:
-        return self.resolve(Outcome(Status.FAILED, node, frame, error=error))
+        return self.resolve(_new(Outcome, (_FAILED, node, frame, error, None)))
 
     def ended(self, node: str, frame: Any) -> bool:
-        return self.resolve(Outcome(Status.ENDED, node, frame))
+        return self.resolve(_new(Outcome, (_ENDED, node, frame, None, None)))
 
     def cancel(self, reason: str = "") -> bool:
-        return self.resolve(Outcome(Status.CANCELLED, None, None, result=reason))
+        return self.resolve(_new(Outcome, (_CANCELLED, None, None, None, reason)))
 
     def __reduce__(self) -> Any:
         raise TypeError("a Ticket belongs to the process that issued it and cannot be pickled; an executor "
                         "that moves frames between processes sends the Outcome back to the issuer instead")
 
     def __repr__(self) -> str:
-        state = "open" if self._outcome is None else self._outcome.status.value
-        return f"Ticket({state}, tag={self.tag!r})"
+        return f"Ticket({'open' if self._status is None else self._status.value}, tag={self.tag!r})"
 
 
 __all__ = ["Outcome", "Status", "Ticket"]

@@ -125,19 +125,23 @@ class LocalExecutor:
         if self._stop_once.acquire(blocking=False):
             self._stop_reason = reason
             self._stop.set()
-            for worker in list(self._workers.values()):
-                if worker.spec.role == "source":
-                    try:
-                        worker.node.stop()
-                    except Exception as exc:  # a broken stop() must not keep the others running
-                        log.error("source %r failed in stop(): %s", worker.name, exc)
+            self._stop_sources()
         if not drain and self._hard_once.acquire(blocking=False):
             log.warning("stopping pipeline %r without draining: queued frames are discarded (and counted)",
                         self.spec.name)
             self._hard_deadline = time.monotonic() + self.hard_stop_grace_s
+            self._stop_sources()  # a second stop(): stop waiting for anything
             for worker in list(self._workers.values()):
                 if worker.inbox is not None:
                     worker.inbox.close()
+
+    def _stop_sources(self) -> None:
+        for worker in list(self._workers.values()):
+            if worker.spec.role == "source":
+                try:
+                    worker.node.stop()
+                except Exception as exc:  # a broken stop() must not keep the others running
+                    log.error("source %r failed in stop(): %s", worker.name, exc)
 
     def wait(self, timeout: float | None = None) -> RunReport:
         """Wait for the run to end, tear the nodes down and return the report.

@@ -157,8 +157,9 @@ class Dataflow:
         prepare = self._prepare if self.any_cuda else None
         call_one, call_many = self._call_one, self._call_many
         trim_at, keep = self.trim_at, self.keep
+        one_by_one = joiner is None and batch == 1 and prepare is None
         while True:
-            if joiner is None and batch == 1 and prepare is None:  # the fast path: one frame, no device moves
+            if one_by_one:  # the fast path: one frame at a time, no device moves
                 item = inbox.get_one()  # type: ignore[union-attr]
                 if item is None:
                     return
@@ -258,7 +259,9 @@ class Dataflow:
             if failures and not self._fail_frames(worker, failures):
                 return False
         if worker.completes_inputs:
-            self._complete_unanswered(worker, inputs, out)
+            ticket = inputs[0].ticket  # the usual cases, checked inline: no ticket, or one output carrying it
+            if len(inputs) != 1 or (ticket is not None and (len(out) != 1 or out[0].ticket is not ticket)):
+                self._complete_unanswered(worker, inputs, out)
         m.frames_out += len(out)
         if out:
             event = None if worker.cuda_stream is None else DevicePlacement.record_event(worker.cuda_stream)
@@ -268,12 +271,16 @@ class Dataflow:
 
     @staticmethod
     def _complete_unanswered(worker: Worker, inputs: Any, out: Any) -> None:
-        """Inputs whose ticket no output carries (and that did not fail) ended here without output."""
+        """Inputs whose ticket no output carries ended here without output (a ticket already resolved,
+        e.g. because its frame failed, stays as it was)."""
         for frame in inputs:
             ticket = frame.ticket
-            if ticket is None or ticket.done:
+            if ticket is None:
                 continue
-            if not any(o.ticket is ticket for o in out):
+            for o in out:
+                if o.ticket is ticket:
+                    break
+            else:
                 ticket.ended(worker.name, frame)
 
     # -- emission ----------------------------------------------------------------------------------

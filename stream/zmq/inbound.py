@@ -5,35 +5,25 @@ Pure functions of the message parts and the source's settings; no sockets, no th
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from stream.zmq import protocol as P
 
 _NO_META = MappingProxyType({})  # default client meta
+_new = tuple.__new__
 
 
-@dataclass(slots=True)
-class Inbound:
+class Inbound(NamedTuple):
     """One decoded FRAME message: what the frame will hold, and whom to answer (router mode)."""
 
     stream: str | None
     seq: int | None
     t_capture: int
     data: Any
-    meta: dict[str, Any]  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
+    meta: MappingProxyType  # the client's meta (without reserved `zmq.` keys) plus the source's `zmq.` keys
     request_id: Any
     client_stream: Any  # the stream as the client named it (echoed in replies)
-
-
-def split_envelope(parts: list[Any]) -> tuple[bytes, bytes | None, list[Any]]:
-    """ROUTER messages: (peer id, REQ's empty delimiter or None, the message parts)."""
-    peer = parts[0].bytes
-    parts = parts[1:]
-    if parts and len(parts[0]) == 0:  # a REQ client: keep its empty delimiter for the reply
-        return peer, b"", parts[1:]
-    return peer, None, parts
 
 
 def peer_name(peer: bytes) -> str:
@@ -87,7 +77,8 @@ def decode_request(parts: list[Any], limits: P.Limits, t_recv: int, *, scoped: b
     if peer is not None:
         meta["zmq.peer"] = peer
         meta["zmq.request_id"] = request_id
-    return Inbound(stream, seq, t_capture or t_recv, data, meta, request_id, client_stream)
+    # tuple.__new__: an Inbound without NamedTuple's Python-level __new__ (one is made per request)
+    return _new(Inbound, (stream, seq, t_capture or t_recv, data, MappingProxyType(meta), request_id, client_stream))
 
 
 def request_id_of(parts: list[Any], limits: P.Limits) -> Any:
@@ -99,4 +90,4 @@ def request_id_of(parts: list[Any], limits: P.Limits) -> Any:
     return rid if isinstance(rid, (int, str)) else None
 
 
-__all__ = ["Inbound", "decode_request", "peer_name", "request_id_of", "split_envelope"]
+__all__ = ["Inbound", "decode_request", "peer_name", "request_id_of"]

@@ -17,8 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import zmq
 
@@ -30,12 +29,12 @@ from stream.zmq.sockets import send_parts
 
 log = logging.getLogger("costream.zmq")
 
+_new = tuple.__new__
 _OUTCOME_COUNTERS = {Status.FAILED: "node_failures", Status.ENDED: "no_output", Status.DROPPED: "dropped_in_pipeline"}
 
 
-@dataclass(slots=True)
-class Request:
-    """A ticket's tag: whom to answer and what to echo."""
+class Request(NamedTuple):
+    """A ticket's tag: whom to answer and what to echo (a tuple: one is made per request)."""
 
     key: int
     peer: bytes
@@ -58,7 +57,7 @@ class PendingRequests:
         self._timeout_ns = reply_timeout_ns
         self._count = count
         self._lock = threading.Lock()  # shared by the tickets (first resolution wins)
-        self._open: OrderedDict[int, Ticket] = OrderedDict()  # owner thread only; in deadline order
+        self.open: OrderedDict[int, Ticket] = OrderedDict()  # owner thread only; in deadline order
         self._in_flight: dict[int, Ticket] = {}  # expired while their answer was on its way
         self._next_key = 0
         self._owner: int | None = None  # ident of the thread running frames()
@@ -71,7 +70,9 @@ class PendingRequests:
         self.pull.bind(inproc)
 
     def __len__(self) -> int:
-        return len(self._open) + len(self._in_flight)
+        """Requests not answered yet (the owner's `open` table, read only by its thread, in deadline
+        order, plus those whose answer is on its way)."""
+        return len(self.open) + len(self._in_flight)
 
     def own(self, thread: int | None) -> None:
         """The thread that owns the ROUTER socket from now on (None: nobody, while stopped)."""
@@ -83,15 +84,16 @@ class PendingRequests:
         """A ticket for a request just accepted."""
         key = self._next_key
         self._next_key += 1
-        ticket = Ticket(self._resolved, Request(key, peer, envelope, request_id, stream, seq, t_recv + self._timeout_ns),
-                        self._lock)
-        self._open[key] = ticket
+        # tuple.__new__: a Request without NamedTuple's Python-level __new__ (one is made per request)
+        request = _new(Request, (key, peer, envelope, request_id, stream, seq, t_recv + self._timeout_ns))
+        ticket = Ticket(self._resolved, request, self._lock)
+        self.open[key] = ticket
         return ticket
 
     def reject(self, ticket: Ticket, code: str, message: str) -> None:
         """Answer an accepted request with an error now (the source dropped it), unless it was answered."""
         if ticket.cancel(code):
-            self._open.pop(ticket.tag.key, None)
+            self.open.pop(ticket.tag.key, None)
             self.route(ticket.tag.peer, ticket.tag.envelope, self._error(ticket.tag, code, message))
 
     def route(self, peer: bytes, envelope: bytes | None, parts: list[Any]) -> None:
@@ -112,7 +114,7 @@ class PendingRequests:
             except zmq.Again:
                 return
             key = int.from_bytes(parts[0].bytes, "little")
-            ticket = self._open.pop(key, None) or self._in_flight.pop(key, None)
+            ticket = self.open.pop(key, None) or self._in_flight.pop(key, None)
             if ticket is None:
                 self._count("replies_late")
                 continue
@@ -121,11 +123,11 @@ class PendingRequests:
     def expire(self, timeout_s: float) -> None:
         """Answer `timeout` to requests past their deadline."""
         now = now_ns()
-        while self._open:
-            key, ticket = next(iter(self._open.items()))
+        while self.open:
+            key, ticket = next(iter(self.open.items()))
             if ticket.tag.deadline_ns > now:
                 return
-            del self._open[key]
+            del self.open[key]
             if ticket.cancel(P.TIMEOUT):
                 self._count("timeouts")
                 self.route(ticket.tag.peer, ticket.tag.envelope, self._error(
@@ -134,16 +136,17 @@ class PendingRequests:
             else:  # answered on another thread: the answer is on its way over inproc
                 self._in_flight[key] = ticket
 
-    def finish(self, grace_s: float, poll_ms: int) -> None:
+    def finish(self, grace_s: float, poll_ms: int, now: threading.Event) -> None:
         """On stop: forward the answers of accepted requests for up to `grace_s` (the pipeline drains
-        them), then answer the rest `shutting_down`."""
+        them) or until `now` is set, then answer the rest `shutting_down`."""
         deadline = now_ns() + int(grace_s * 1e9)
-        while len(self) and now_ns() < deadline:
+        while len(self) and now_ns() < deadline and not now.is_set():
             if self.pull.poll(poll_ms, zmq.POLLIN):
                 self.forward()
-        for key, ticket in list(self._open.items()):
+        self.forward()
+        for key, ticket in list(self.open.items()):
             if ticket.cancel(P.SHUTTING_DOWN):
-                del self._open[key]
+                del self.open[key]
                 self._count("shutdown_unanswered")
                 self.route(ticket.tag.peer, ticket.tag.envelope, self._error(
                     ticket.tag, P.SHUTTING_DOWN, "the server stopped before this request was processed; resend it "
@@ -162,15 +165,16 @@ class PendingRequests:
     def _resolved(self, ticket: Ticket, outcome: Outcome) -> None:
         """A ticket was resolved (in the resolving thread): answer its request."""
         status = outcome.status
-        if status is Status.CANCELLED:
-            return  # the owner cancelled it and answers itself
         request: Request = ticket.tag
-        counter = _OUTCOME_COUNTERS.get(status)
-        if counter is not None:
-            self._count(counter)
-        parts = outcome.result if status is Status.RESULT else self._outcome_parts(request, outcome)
+        if status is Status.RESULT:
+            parts = outcome.result
+        elif status is Status.CANCELLED:
+            return  # the owner cancelled it and answers itself
+        else:
+            self._count(_OUTCOME_COUNTERS[status])
+            parts = self._outcome_parts(request, outcome)
         if threading.get_ident() == self._owner:  # a node running in the source's thread: answer at once
-            if self._open.pop(request.key, None) is not None or self._in_flight.pop(request.key, None) is not None:
+            if self.open.pop(request.key, None) is not None or self._in_flight.pop(request.key, None) is not None:
                 self.route(request.peer, request.envelope, parts)
             return
         self._push(request.key, parts)

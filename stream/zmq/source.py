@@ -20,7 +20,7 @@ import zmq
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Source
 from stream.zmq import protocol as P
-from stream.zmq.inbound import Inbound, decode_request, request_id_of, split_envelope
+from stream.zmq.inbound import Inbound, decode_request, request_id_of
 from stream.zmq.reply import error_reply_parts, stats_reply_parts
 from stream.zmq.requests import PendingRequests, counter_sink
 from stream.zmq.sockets import CurveClient, CurveServer, open_socket, recv_parts, start_authenticator
@@ -84,6 +84,7 @@ class ZmqSource(Source):
     def __init__(self, params: ZmqSourceParams | None = None) -> None:
         super().__init__(params)
         self._stop = threading.Event()
+        self._stop_now = threading.Event()  # stop without waiting for answers
         self._lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         self._count = counter_sink(self._lock, self.counters)
@@ -123,7 +124,10 @@ class ZmqSource(Source):
         log.info("%s: %s %s %s", self.name, p.socket, "bound to" if p.binds else "connected to", p.endpoint)
 
     def stop(self) -> None:
-        """Ask `frames()` to finish within one poll interval (thread-safe)."""
+        """Ask `frames()` to finish within one poll interval (thread-safe); a second call also ends the
+        wait for the answers of accepted requests (they are answered `shutting_down`)."""
+        if self._stop.is_set():
+            self._stop_now.set()
         self._stop.set()
 
     def teardown(self) -> None:
@@ -166,6 +170,7 @@ class ZmqSource(Source):
         latest = self.params.queue == "latest"
         timeout_s = self.params.reply_timeout_s
         pushed = requests.pushed if requests is not None else threading.Event()
+        open_requests = requests.open if requests is not None else {}  # read by this thread only
         if not latest:
             sock.setsockopt(zmq.RCVTIMEO, _POLL_MS)
         if requests is not None:
@@ -175,8 +180,8 @@ class ZmqSource(Source):
                 if not latest and not pushed.is_set():
                     # Only the data socket to watch (nobody answers over inproc): a blocking receive bounded
                     # by RCVTIMEO, a few system calls less per request than polling.
-                    if requests is not None and len(requests):
-                        requests.expire(timeout_s)
+                    if open_requests:
+                        requests.expire(timeout_s)  # type: ignore[union-attr]
                     try:
                         parts = recv_parts(sock)
                     except zmq.Again:
@@ -192,8 +197,8 @@ class ZmqSource(Source):
                         data = True
                     else:
                         requests.forward()  # type: ignore[union-attr]
-                if requests is not None and len(requests):
-                    requests.expire(timeout_s)
+                if open_requests:
+                    requests.expire(timeout_s)  # type: ignore[union-attr]
                 if not data:
                     continue
                 if latest:
@@ -206,7 +211,7 @@ class ZmqSource(Source):
         finally:  # also when the executor closes the generator (max_frames reached, stop requested)
             if requests is not None:
                 if not sock.closed:
-                    requests.finish(self.params.shutdown_grace_s, _POLL_MS)
+                    requests.finish(self.params.shutdown_grace_s, _POLL_MS, self._stop_now)
                 requests.own(None)
 
     def _drain(self) -> list[Frame]:
@@ -235,8 +240,12 @@ class ZmqSource(Source):
         self._received += 1
         requests = self._requests
         peer = envelope = None
-        if requests is not None:
-            peer, envelope, parts = split_envelope(parts)
+        if requests is not None:  # ROUTER: the peer id, then a REQ client's empty delimiter (kept for the reply)
+            peer = parts[0].bytes
+            parts = parts[1:]
+            if parts and len(parts[0]) == 0:
+                envelope = b""
+                parts = parts[1:]
         t_recv = now_ns()
         try:
             got = decode_request(parts, self._limits, t_recv, scoped=self._scoped, unwrap_single=self._unwrap_single,

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-LABELS_DIR = Path(__file__).with_name("labels")
+LABELS_DIR = Path(__file__).parent  # the .txt files beside this module
 LABELSETS: tuple[str, ...] = ("kinetics400", "ntu60", "ntu120")
 _ALIASES = {"k400": "kinetics400", "kinetics": "kinetics400", "kinetics-400": "kinetics400",
             "ntu": "ntu60", "ntu-60": "ntu60", "ntu-120": "ntu120", "ntu_rgbd60": "ntu60", "ntu_rgbd120": "ntu120"}

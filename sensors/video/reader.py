@@ -5,13 +5,15 @@ monotonic time at which it was grabbed, and a running index. A file that ends is
 stream (or starts again with `loop=True`); a camera or URL that fails to open or drops out is
 reopened with exponential backoff, every attempt logged and counted, and given up after
 `ReconnectPolicy.max_attempts` with a `VideoUnavailableError`. Missing, empty and undecodable files
-raise errors that name the path and say what to check. The clock and sleep are injectable so that
-tests need no waiting.
+raise errors that name the path and say what to check. `interrupt()` (from any thread) cuts a
+reconnect backoff short: the waiting call raises `VideoInterrupted`. The clock and sleep are
+injectable so that tests need no waiting.
 """
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,10 @@ class VideoOpenError(VideoError):
 
 class VideoUnavailableError(VideoError):
     """A camera or network stream could not be (re)opened within the reconnect policy."""
+
+
+class VideoInterrupted(VideoError):
+    """`VideoReader.interrupt()` was called while the reader waited to reopen its source."""
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ class VideoReader:
         reconnect: ReconnectPolicy = ReconnectPolicy(),
         pace: bool = False,
         capture_factory: Callable[[str | int], Any] = _default_capture,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,  # default: a wait that interrupt() cuts short
         clock: Callable[[], int] = time.monotonic_ns,  # the same clock as stream.frame.now_ns
     ) -> None:
         self.uri = uri
@@ -125,7 +131,8 @@ class VideoReader:
         self.pace = pace
         self.counters = VideoCounters()
         self._factory = capture_factory
-        self._sleep = sleep
+        self._interrupted = threading.Event()
+        self._sleep = sleep if sleep is not None else self._interrupted.wait
         self._clock = clock
         self._cap: Any = None
         self._pending: VideoFrame | None = None  # the frame decoded while checking that the source works
@@ -209,6 +216,8 @@ class VideoReader:
             )
             waited += delay
             self._sleep(delay)
+            if self._interrupted.is_set():
+                raise VideoInterrupted(f"{self.description}: interrupted while waiting to {reason} it")
         hint = (
             "check that the camera is connected, that the index is right and that this user may open it "
             "(/dev/video* permissions)"
@@ -313,6 +322,12 @@ class VideoReader:
             self._cap.release()
             self._cap = None
         self._pending = None
+
+    def interrupt(self) -> None:
+        """Make a reconnect backoff (now or later) end at once with `VideoInterrupted`; thread-safe.
+        A `grab()` blocked inside OpenCV cannot be cut short: read from another thread to stop
+        waiting for it (as the `video` node does for cameras and URLs)."""
+        self._interrupted.set()
 
     def close(self) -> None:
         """Release the capture device or file; the reader can be opened again."""
