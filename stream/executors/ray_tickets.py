@@ -47,7 +47,7 @@ class RemoteTicket(Ticket):
         return (RemoteTicket, (self.issuer, self.number))
 
     def __repr__(self) -> str:
-        state = "open" if self.outcome is None else self.outcome.status.value
+        state = "open" if self.status is None else self.status.value
         return f"RemoteTicket({state}, number={self.number})"
 
 
