@@ -134,7 +134,7 @@ def _metrics(name: str, role: str, states: list[tuple[Incarnation, dict[str, Any
         metrics = NodeMetrics(name, role)
         if states:
             metrics.t_first, metrics.t_last = states[-1][1]["t_first"], states[-1][1]["t_last"]
-    for inc, state in states:
+    for _inc, state in states:
         if state.get("metrics") is metrics:
             continue
         metrics.frames_in += state["frames_in"]
