@@ -59,7 +59,7 @@ python -m pip install -q --upgrade pip >/dev/null
 if ! python -c "import torch" >/dev/null 2>&1; then
   install_torch "$TORCH_CHOICE"
 fi
-python -m pip install -q -e ".[dev]"
+python -m pip install -q -e ".[dev,ray]"  # ray: the Ray executor and its tests (`make test` runs them as their own step)
 # PyTorchVideo is only the oracle that tests check X3D against. Its x3d module needs none of its
 # declared dependencies beyond these, and pulling torchvision would replace the pinned torch build.
 if [ "${COSTREAM_SKIP_PYTORCHVIDEO:-0}" != "1" ] && ! python -c "import pytorchvideo" >/dev/null 2>&1; then

@@ -44,6 +44,23 @@ def _add_executor_arg(p: argparse.ArgumentParser) -> None:
                    "else local)")
 
 
+def _add_address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: the Ray cluster (auto, HOST:6379 or ray://HOST:10001; default: "
+                   "RAY_ADDRESS, else a Ray started on this machine for the run)")
+
+
+def _executor_options(args: argparse.Namespace, pipeline: Any) -> dict[str, Any]:
+    address = getattr(args, "address", None)
+    if address is None:
+        return {}
+    executor = args.executor or pipeline.spec.executor
+    if executor != "ray":
+        raise UsageError(f"--address names a Ray cluster, but this run uses the {executor!r} executor; add "
+                         "--executor ray (or `executor: ray` in the YAML)")
+    return {"address": address}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="costream", description="Streaming online-inference engine.")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -66,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace-frames", type=int, default=1000, metavar="N",
                    help="--trace: keep the last N frames of each node (default 1000)")
     _add_executor_arg(p)
+    _add_address_arg(p)
 
     p = sub.add_parser("validate", help="check a pipeline config without running it")
     _add_pipeline_args(p)
@@ -82,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_command.add_arguments(p)
     _add_executor_arg(p)
+    _add_address_arg(p)
 
     p = sub.add_parser("list", help="list node kinds and their parameters")
     p.add_argument("kind", nargs="?", help="show only this kind")
@@ -161,7 +180,7 @@ def _load(args: argparse.Namespace):
 
     if not Path(args.pipeline).exists():
         raise UsageError(f"pipeline file {args.pipeline!r} does not exist")
-    return Pipeline.from_yaml(args.pipeline, overrides=args.overrides)
+    return Pipeline.from_yaml(args.pipeline, overrides=args.overrides, executor=getattr(args, "executor", None))
 
 
 def _positive(value: int | None, flag: str) -> None:
@@ -185,7 +204,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = pipeline.run(frames=args.frames, free_running=args.free_running, report=args.report,
                           dashboard=args.dashboard, progress=progress and not args.dashboard, executor=args.executor,
                           on_start=_announcer("run", args.frames), trace=args.trace,
-                          trace_frames=args.trace_frames)
+                          trace_frames=args.trace_frames,
+                          executor_options=_executor_options(args, pipeline))
     if not args.quiet:
         print(report.format_table())
     if args.trace is not None:

@@ -30,8 +30,12 @@ def load_pipeline(
     path: str | os.PathLike[str],
     overrides: Iterable[str] = (),
     env: Mapping[str, str] | None = None,
+    executor: str | None = None,
 ) -> PipelineSpec:
-    """Read a YAML pipeline, apply `${VAR}` interpolation and `--set` overrides, and validate it."""
+    """Read a YAML pipeline, apply `${VAR}` interpolation and `--set` overrides, and validate it.
+
+    `executor` (e.g. `--executor ray`) replaces the YAML's `executor:` before validation, so that the
+    devices are checked where that executor runs the nodes."""
     path = Path(path)
     env = os.environ if env is None else env
     where = SourceLocation(str(path))
@@ -53,6 +57,8 @@ def load_pipeline(
     ]
     document = interpolate(document, env, str(path), issues)
     apply_overrides(document, overrides, issues)
+    if executor is not None and isinstance(document, dict):
+        document["executor"] = executor
     return build_pipeline(document, source_name=str(path), _issues=issues)
 
 
@@ -134,6 +140,11 @@ def apply_overrides(document: Any, overrides: Iterable[str], issues: list[Config
             path = path[1:]
         elif path[0] in NODE_FIELDS and len(path) == 1:
             node[path[0]] = value
+            continue
+        elif path[0] == "ray" and len(path) == 2:  # `model.ray.num_cpus=2`: one field of the node's `ray:`
+            if not isinstance(node.get("ray"), dict):
+                node["ray"] = {}
+            node["ray"][path[1]] = value
             continue
         target = node.get("params")
         if not isinstance(target, dict):

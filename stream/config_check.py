@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_count, resolve_device
+from stream.devices import DeviceError, DeviceUnavailableError, cuda_device_count, parse_device, resolve_device
 from stream.executors import check_executor_name
 from stream.input_paths import missing_input_paths
 from stream.params import ParamsError, build_params
@@ -34,7 +34,7 @@ from stream.yaml_loader import LocatedDict, LocatedList, type_label
 
 TOP_LEVEL_FIELDS = ("version", "name", "description", "executor", "options", "nodes")
 OPTION_FIELDS = ("allow_cpu_fallback", "warmup_frames", "drain_timeout_s", "max_failed_frames")
-NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse")
+NODE_FIELDS = ("kind", "params", "inputs", "device", "on_error", "join", "rate_hz", "max_batch", "fuse", "ray")
 INPUT_FIELDS = ("from", "queue_size", "policy")
 JOIN_FIELDS = ("timeout_s", "max_pending")
 
@@ -91,6 +91,7 @@ class PipelineChecker:
         self.issues = issues
         self._cuda_count = cuda_count
         self._cuda: list[int | None] = []
+        self.executor = DEFAULT_EXECUTOR  # the pipeline's, once read: which machine's devices to check
         self.partial: dict[str, _Partial] = {}  # what is known of every node, valid or not
         self.input_lines: dict[str, Any] = {}
 
@@ -141,6 +142,7 @@ class PipelineChecker:
         if problem is not None:
             self.error(problem, mapping, "executor", None, "executor")
             executor = DEFAULT_EXECUTOR
+        self.executor = executor
         allow_fallback, warmup = self.options(mapping.get("options"), mapping)
         drain_timeout_s, max_failed = self.stop_options(mapping.get("options"))
         nodes = mapping.get("nodes")
@@ -264,6 +266,7 @@ class PipelineChecker:
         rate_hz = self.rate(name, raw, role)
         max_batch = self.max_batch(name, raw, role)
         fuse = self.fuse(name, raw, role)
+        ray_options = self.ray_options(name, raw)
         consumes = produces = None
         if cls is not None and params is not None:
             consumes, produces, problem = declared_ports(cls, params)
@@ -274,13 +277,34 @@ class PipelineChecker:
             return None
         return NodeSpec(name=name, kind=kind, node_class=cls, params=params, inputs=tuple(inputs), device=device,
                         on_error=on_error, join=join, rate_hz=rate_hz, max_batch=max_batch, location=loc,
-                        fuse=fuse)
+                        fuse=fuse, ray=ray_options)
+
+    def ray_options(self, name: str, raw: Mapping[str, Any]) -> Any:
+        """The node's `ray:` settings (placement, actor-death policy); read by the Ray executor only."""
+        if raw.get("ray") is None:
+            return None
+        from stream.executors.ray_options import RayNodeOptions  # imports nothing of Ray
+
+        try:
+            return RayNodeOptions.from_mapping(raw["ray"])
+        except ValueError as exc:
+            self.error(str(exc), raw, "ray", name, "ray")
+            return None
 
     def device(self, name: str, raw: Mapping[str, Any], allow_fallback: bool) -> str | None:
         device = raw.get("device", "cpu")
         if device is None:
             return "cpu"
         loc = self.loc(raw, "device")
+        if self.executor != DEFAULT_EXECUTOR:
+            # Another executor places nodes on other machines: only the form is checked here, its
+            # devices are checked where the nodes will run (the Ray executor asks the cluster).
+            try:
+                parse_device(device)
+            except DeviceError as exc:
+                self.error(str(exc), raw, "device", name, "device")
+                return None
+            return device
         try:
             resolved = resolve_device(device, name, allow_fallback, cuda_count=self.cuda_count, where=f"{loc}: ")
         except (DeviceError, DeviceUnavailableError) as exc:

@@ -36,8 +36,8 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str], overrides: Iterable[str] = (),
-                  env: Mapping[str, str] | None = None) -> "Pipeline":
-        return cls(load_pipeline(path, overrides=overrides, env=env))
+                  env: Mapping[str, str] | None = None, executor: str | None = None) -> "Pipeline":
+        return cls(load_pipeline(path, overrides=overrides, env=env, executor=executor))
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any], source_name: str | None = None) -> "Pipeline":
@@ -46,13 +46,15 @@ class Pipeline:
     def run(self, frames: int | None = None, free_running: bool = False, report: str | Path | None = None,
             dashboard: bool = False, progress: bool = False, executor: str | None = None,
             on_start: Callable[[Any], None] | None = None, trace: str | Path | None = None,
-            trace_frames: int = 1000) -> Any:
+            trace_frames: int = 1000,
+            executor_options: Mapping[str, Any] | None = None) -> Any:
         """Run until the sources end (or `frames` per stream, or a signal); returns the RunReport.
 
         `frames` is frames per stream, as the sources' own `frames` params count: a source that makes
         its frames (`synthetic_video`, `synthetic_skeleton`, `synthetic`) is set to make that many
         (`Source.with_frames`), any other stops each stream after that many. `executor` overrides the
-        spec's (`local`, `ray`). `on_start(executor)` is called once every node is set up. The report is
+        spec's (`local`, `ray`); `executor_options` are its own keyword options (the Ray executor's
+        `address`). `on_start(executor)` is called once every node is set up. The report is
         written to `report` (JSON) whenever a report exists, also after Ctrl-C; if that path cannot be
         written it goes to a file in the temporary directory instead (`report_saved` says where).
         `trace` is a Chrome trace / Perfetto JSON file of the last `trace_frames` frames of every
@@ -62,7 +64,7 @@ class Pipeline:
         from stream.stopping import StopOnSignals
 
         spec = self.spec if frames is None else frames_per_stream(self.spec, frames)
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = dict(executor_options or {})
         recorder = None
         if trace is not None:
             from stream.bench.trace import TraceRecorder
@@ -72,7 +74,7 @@ class Pipeline:
         try:
             runner = create_executor(spec, executor, free_running=free_running, max_frames=frames, **options)
         except TypeError as exc:
-            if not options:
+            if recorder is None:
                 raise
             from stream.executors import ExecutorUnavailableError
 

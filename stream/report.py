@@ -53,6 +53,8 @@ class NodeReport:
     length: int | None = None  # sources: frames the source said it would produce, if known
     counters: dict[str, int] | None = None  # the node's own counters (`Node.stats()`), when it has any
     transfer: LatencyStats | None = None  # per frame moved to this node's device: host time to hand it over
+    # Where the node ran when that is not this process (the Ray executor): host, actor id, node id, pid.
+    placement: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -62,7 +64,7 @@ class NodeReport:
             "service_ms": self.service.to_dict(), "queue_wait_ms": self.queue_wait.to_dict(),
             "end_to_end_ms": None if self.end_to_end is None else self.end_to_end.to_dict(),
             "transfer_ms": None if self.transfer is None else self.transfer.to_dict(),
-            "join": self.join, "length": self.length, "counters": self.counters,
+            "join": self.join, "length": self.length, "counters": self.counters, "placement": self.placement,
         }
 
 
@@ -155,6 +157,10 @@ class RunReport:
         if counted:
             lines += ["", "node counters"]
             lines += [f"{name:<20} " + ", ".join(f"{k} {v}" for k, v in c.items()) for name, c in counted.items()]
+        placed = {name: node.placement for name, node in self.nodes.items() if node.placement}
+        if placed:
+            lines += ["", "placement"]
+            lines += [f"{name:<20} host {p.get('host')}, actor {p.get('actor')}" for name, p in placed.items()]
         if self.fatal_error is not None:
             e = self.fatal_error
             lines += ["", f"FATAL in node {e.node!r} (stream {e.stream!r}, seq {e.seq}): {e.error}: {e.message}"]

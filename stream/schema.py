@@ -65,6 +65,15 @@ def _common_node_properties() -> dict[str, Any]:
         },
         "max_batch": {"type": "integer", "minimum": 1, "default": 1},
         "fuse": {"type": "boolean", "default": False},
+        "ray": {
+            "description": "Ray executor only: where the node's actor may run and what happens when it dies",
+            "type": "object", "additionalProperties": False, "properties": {
+                "num_cpus": {"type": "number", "minimum": 0},
+                "num_gpus": {"type": "number", "minimum": 0},
+                "resources": {"type": "object", "additionalProperties": {"type": "number", "exclusiveMinimum": 0}},
+                "labels": {"type": "object", "additionalProperties": {"type": ["string", "number"]}},
+                "on_actor_death": {"enum": ["stop", "restart"], "default": "stop"},
+                "max_restarts": {"type": "integer", "minimum": 0, "default": 3}}},
     }
 
 

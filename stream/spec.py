@@ -90,6 +90,9 @@ class NodeSpec:
     # Operator chaining: run this node in its producer's worker thread (no queue hand-off). Only for
     # one `block` input from a single-output producer on the same device; see stream/plan.py.
     fuse: bool = False
+    # The Ray executor's placement and actor-death policy for this node (`ray:` in the YAML; a
+    # `stream.executors.ray_options.RayNodeOptions`); None: the defaults. Other executors ignore it.
+    ray: Any = None
 
     @property
     def role(self) -> str:
