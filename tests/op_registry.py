@@ -149,4 +149,8 @@ MODEL_CASES: list[ModelCase] = [
     ModelCase("stgcn", dict(_STGCN_SMALL), (2, 3, 12, 25, 2)),
     ModelCase("oadtr", dict(d_in=12, d_model=16, layers=2, heads=4, dim_feedforward=24, window=4, num_classes=5),
               (2, 12)),
+    # the smallest grid the released decoder fits (104 cells) at an eighth of the widths
+    ModelCase("ppn_seg", dict(width=0.125), (1, 16, 104, 104)),
+    ModelCase("ppn_recon", dict(width=0.125), (1, 16, 104, 104)),
+    ModelCase("netmamba", dict(num_classes=3, embed_dim=16, depth=2), (2, 1600)),
 ]
