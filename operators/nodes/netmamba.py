@@ -33,6 +33,7 @@ from stream.frame import Frame, now_ns
 from stream.node import FrameFailure, NodeContext, Operator
 from stream.registry import register
 from stream.state import StreamStates
+from stream.ports import FLOW, LABELS
 
 log = logging.getLogger("costream.operators.nodes.netmamba")
 FLOW_CLASS = "flow_class"
@@ -84,6 +85,8 @@ class _Member:
 @register("netmamba")
 class NetMambaNode(Operator):
     """Streaming NetMamba over flows (see the module docstring)."""
+    consumes = FLOW
+    produces = LABELS
 
     Params = NetMambaNodeParams
     outputs_follow_inputs = False  # a decision belongs to the flow's last frame; earlier ones get none

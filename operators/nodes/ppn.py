@@ -23,6 +23,7 @@ from operators.nodes.base import as_tensor
 from stream.frame import Frame
 from stream.node import FrameFailure, NodeContext, Operator
 from stream.registry import register
+from stream.ports import BEV
 
 log = logging.getLogger("costream.operators.nodes.ppn")
 DEFAULT_OUTPUT = {"segmentation": "seg", "reconstruction": "recon"}
@@ -55,6 +56,8 @@ class PPNParams:
 @register("ppn")
 class PPNNode(Operator):
     """A PPN network on this node's device; see the module docstring."""
+    consumes = BEV
+    produces = BEV
 
     Params = PPNParams
     outputs_follow_inputs = True

@@ -20,6 +20,7 @@ from sensors.lidar.render import render_panels
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Sink
 from stream.registry import register
+from stream.ports import ANY
 
 logger = logging.getLogger("costream.sensors.lidar.sinks")
 
@@ -68,6 +69,7 @@ class BEVWriterParams:
 @register("bev_writer")
 class BEVWriter(Sink):
     """PNG frames (`<stream>_<seq>.png`) or a video of the BEV with network outputs, and latency.jsonl."""
+    consumes = ANY  # BEV maps, alone or joined with a network's output
 
     Params = BEVWriterParams
 

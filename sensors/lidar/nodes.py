@@ -30,6 +30,7 @@ from stream.frame import Frame
 from stream.node import NodeContext, Operator, Source
 from stream.registry import register
 from stream.state import StreamStates
+from stream.ports import BEV, POINTS
 
 logger = logging.getLogger("costream.sensors.lidar.nodes")
 
@@ -63,6 +64,7 @@ class _Pacer:
 
 class _LidarSource(Source):
     """Common parts: stop flag, max_frames, frame meta and the frame payload."""
+    produces = POINTS
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -195,6 +197,9 @@ class VelodyneSource(_LidarSource):
 
     Bad packets (wrong size, not Velodyne, unknown model) are counted by reason in the node's
     counters and skipped; partial rotations are dropped and counted unless `keep_partial`."""
+    @classmethod
+    def is_live(cls, params: Any) -> bool:
+        return params.pcap is None  # a live sensor on UDP, not a capture replay
 
     Params = VelodyneParams
 
@@ -388,6 +393,8 @@ class BEVNode(Operator):
 
     One map is rasterised per frame; the stack is continual state (`BEVStack`), never rebuilt
     from N clouds. On a GPU device the map is made there (torch, or CuPy) and stays there."""
+    consumes = POINTS
+    produces = BEV
 
     Params = BEVParams
     outputs_follow_inputs = True

@@ -32,6 +32,7 @@ from sensors.video.transforms import preview
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Sink, Source
 from stream.registry import register
+from stream.ports import ANY, IMAGE, POINTS, VIDEO
 
 logger = logging.getLogger("costream.sensors.mcap.nodes")
 
@@ -78,6 +79,7 @@ class McapSource(Source):
     `speed`). The file is opened and its topics checked in `setup`, so a missing, truncated or corrupt
     file or an unknown topic stops the pipeline before it starts.
     """
+    produces = (VIDEO, POINTS, IMAGE, ANY)  # by topic: camera images, point clouds
 
     Params = McapSourceParams
 
@@ -184,6 +186,7 @@ class McapSource(Source):
 
 class _FoxgloveSink(Sink):
     """Shared by the two sinks: a Foxglove context and the publisher that logs frames onto it."""
+    consumes = ANY  # images, point clouds, BEV maps, scores, latency
 
     def __init__(self, params: Any = None, *, clock: Callable[[], int] = now_ns) -> None:
         super().__init__(params)

@@ -33,6 +33,7 @@ from sensors.packets.synthetic import TRAFFIC_KINDS, SyntheticTrafficConfig, syn
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Operator, Source
 from stream.registry import register
+from stream.ports import FLOW, PACKETS
 
 log = logging.getLogger("costream.sensors.packets")
 END_OF_CAPTURE, TICK, PACKET, FLOW_END = "end_of_capture", "tick", "packet", "flow_end"
@@ -62,6 +63,7 @@ class ReplayParams:
 
 class _PacketSource(Source):
     """What the packet sources share: frames from records, user-space filter, pacing, counters."""
+    produces = PACKETS
 
     def __init__(self, params: Any = None) -> None:
         super().__init__(params)
@@ -223,6 +225,7 @@ class CaptureSource(_PacketSource):
 
     Each frame's t_capture is the kernel's receive time moved onto the monotonic clock, so latency
     includes the time a frame waited in the socket buffer."""
+    live = True
 
     Params = CaptureParams
 
@@ -281,6 +284,8 @@ class FlowsNodeParams:
 @register("flows")
 class FlowsNode(Operator):
     """Bidirectional 5-tuple flows over IPv4 TCP/UDP from packet frames (see the module docstring)."""
+    consumes = PACKETS
+    produces = FLOW
 
     Params = FlowsNodeParams
 

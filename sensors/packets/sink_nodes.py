@@ -17,6 +17,7 @@ from typing import Any, Callable, Literal, TextIO
 from stream.frame import Frame, now_ns
 from stream.node import NodeContext, Sink
 from stream.registry import register
+from stream.ports import ANY
 
 log = logging.getLogger("costream.sensors.packets")
 
@@ -45,6 +46,7 @@ class FlowJsonl(Sink):
     """One JSON object per frame: `stream`, `seq` and the frame's meta (flow, class, confidence,
     packets_used, latency_ms for a classifier's decisions; packets and bytes per direction for
     flow_end records)."""
+    consumes = ANY
 
     Params = FlowJsonlParams
 
@@ -93,6 +95,7 @@ class ClassCountsParams:
 @register("class_counts")
 class ClassCounts(Sink):
     """Counts frames per value of meta[`key`] and prints the table every `interval_s` and at the end."""
+    consumes = ANY
 
     Params = ClassCountsParams
 
