@@ -196,7 +196,7 @@ def test_frames_counts_per_stream_and_says_what_will_run(tmp_path, capsys):
     assert report["nodes"]["out"]["frames_in"] == 240  # 120 per stream, more than the YAML's 50
     assert main(["bench", str(path), "--frames", "30", "--warmup", "5", "--out", str(tmp_path / "b")]) == EXIT_OK
     err = capsys.readouterr().err
-    assert "(--frames: 30 measured + 5 warm-up frames per stream): skeletons (synthetic_skeleton): 70 frames" in err
+    assert "scenario single (--frames: 30 measured arrivals per source, after 5 warm-up frames per stream)" in err
 
 
 def test_frames_limit_stops_each_stream_of_a_source_that_cannot_be_told(tmp_path):

@@ -118,7 +118,8 @@ def _writable_dir(path: Path, what: str) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """The `bench` command; returns the exit code."""
     from stream.bench import BenchError, Scenario, TraceRecorder, compare_reports, load_report, run_bench
-    from stream.cli import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, UsageError, _load
+    from stream.cli import EXIT_CONFIG, EXIT_OK, UsageError, _load
+    from stream.outcome import verdict
 
     for flag in ("frames", "repeat", "streams", "trace_frames", "trace_every"):
         value = getattr(args, flag)
@@ -145,6 +146,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     recorder = None if args.trace is None else TraceRecorder(spec, args.trace_frames, args.trace_every, "arrival")
+    measured = "the scenario's default number of" if scenario.frames is None else f"--frames: {scenario.frames}"
+    print(f"costream bench: pipeline {spec.name!r}, scenario {scenario.name} ({measured} measured arrivals "
+          f"per source, after {scenario.warmup} warm-up frames per stream)", file=sys.stderr)
     command = shlex.join(["costream", *getattr(args, "argv", ["bench", args.pipeline])])
     try:
         report = run_bench(spec, scenario, executor=args.executor, trace=recorder, command=command,
@@ -169,12 +173,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(comparison.format_text())
         if comparison.regressed:
             code = EXIT_REGRESSION
-    failed = [run for run in report.runs if run.report is not None and not run.report.ok]
-    if failed:
-        code = EXIT_FAILED
-    signals = [run.stopped_by_signal for run in report.runs if run.stopped_by_signal is not None]
-    if signals:
-        code = 128 + signals[0]
+    # The run's own verdict (`costream run`'s exit codes) outranks a regression: failed frames beyond
+    # options.max_failed_frames exit 1, a signal 128 + its number.
+    for run in report.runs:
+        if run.report is None:
+            continue
+        run_code, why = verdict(run.report, spec.max_failed_frames, run.stopped_by_signal)
+        if run_code != EXIT_OK:
+            if why is not None:
+                print(f"costream bench: exit {run_code}: {why}", file=sys.stderr)
+            return run_code
     return code
 
 
