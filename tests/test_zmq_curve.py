@@ -10,7 +10,7 @@ import pytest
 
 from stream.zmq import Client, CurveClient, ReplyTimeout, SendTimeout, generate_keypair
 
-from zmq_server import Server, free_port
+from zmq_server import INTERRUPTED, Server, free_port
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def curve_server(tmp_path_factory):
             srv.wait_ready(client)
         yield endpoint, clients
     finally:
-        assert srv.stop() == 0, srv.log.read_text()
+        assert srv.stop() == INTERRUPTED, srv.log.read_text()
 
 
 def test_a_key_cannot_reach_the_streams_of_another_key_whatever_name_it_declares(curve_server):

@@ -14,7 +14,7 @@ from stream.zmq import Client, ReplyTimeout
 from stream.zmq import protocol as P
 from stream.zmq.client import parse_reply
 
-from zmq_server import DEADLINE_S, PASSTHROUGH, Server, free_port
+from zmq_server import DEADLINE_S, INTERRUPTED, PASSTHROUGH, Server, free_port
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def server(tmp_path_factory):
     finally:
         for name in ("limit", "paced"):
             Path(f"{release}-{name}").touch()
-        assert srv.stop() == 0, srv.log.read_text()
+        assert srv.stop() == INTERRUPTED, srv.log.read_text()
 
 
 def raw_dealer(ctx: zmq.Context, endpoint: str, rcvhwm: int = 1000) -> zmq.Socket:

@@ -11,7 +11,7 @@ from stream.state import StreamStates
 from stream.zmq import Client
 
 from test_zmq_window_node import CHANNELS, WINDOW
-from zmq_server import Server, free_port
+from zmq_server import INTERRUPTED, Server, free_port
 
 CYCLES = 8
 FLOOD = 12  # new stream ids per cycle, three times the node's max_streams
@@ -52,7 +52,7 @@ def test_a_flood_of_stream_ids_leaves_other_clients_correct_replies(tmp_path):
                 flood += [flooder.recv(i) for i in flood_ids]
                 good.update({(name, t): robots[name].recv(i) for name, i in ids.items()})
     finally:
-        assert srv.stop() == 0, srv.log.read_text()
+        assert srv.stop() == INTERRUPTED, srv.log.read_text()
     assert len(flood) == CYCLES * FLOOD
     assert all(r.ok and r.meta.get("no_output") == "model" for r in flood), [r.error for r in flood if not r.ok]
     assert all(r.ok for r in good.values()), {k: r.error for k, r in good.items() if not r.ok}
