@@ -52,6 +52,17 @@ class NodeMetrics:
         self.t_last = 0  # last frame finished
         self._flush_lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        """Metrics travel between processes (the Ray executor's actors report theirs): flushed first,
+        without the lock."""
+        self.flush()
+        return {name: getattr(self, name) for name in self.__slots__ if name != "_flush_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self._flush_lock = threading.Lock()
+
     def flush(self) -> None:
         """Fold the buffered samples into the sketches. Called by the worker every `FLUSH_AT` samples
         and by readers; a sample appended meanwhile stays buffered for the next flush."""

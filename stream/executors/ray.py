@@ -215,6 +215,7 @@ class RayExecutor:
 
         self.plan = GraphPlan.build(self.spec, fuse=self.fuse, free_running=self.free_running,
                                     max_frames=self.max_frames, devices=ray_devices(gpus_in_cluster()))
+        self.spec = self.plan.spec  # every input's policy set (the defaults by source filled in)
         groups = plan_groups(self.plan)
         check_feasible(self.spec.name, groups, ray.nodes())
         for group in groups:

@@ -87,7 +87,7 @@ class NodeGroupActor:
             spec = node_plan.spec
             try:
                 node = spec.build()
-                worker = Worker(node_plan, node)
+                worker = Worker(node_plan, node, warmup=self.plan.spec.warmup_frames)
                 ctx = NodeContext(name=spec.name, device=worker.device, inputs=tuple(i.source for i in spec.inputs),
                                   logger=logging.getLogger(f"costream.node.{spec.name}"))
                 node.setup(ctx)
@@ -218,8 +218,7 @@ class NodeGroupActor:
             missing = ", ".join(f"{s} -> {t}" for s, t in self._remote_inputs)
             raise RuntimeError(f"actor {self!r} was started before its input edge(s) {missing} were connected")
         self._flow = Dataflow(self.plan, self.workers, clock=MonotonicClock(), stop=self._stop,
-                              failures=self.failures, on_fatal=self._on_fatal,
-                              max_latency_samples=self.max_latency_samples)
+                              failures=self.failures, on_fatal=self._on_fatal)
         self._t_start = now_ns()
         for sender in self.senders.values():
             sender.start()
@@ -351,7 +350,7 @@ class NodeGroupActor:
                      for e in (w.inbox.edges if w.inbox is not None else [])]
             m = w.metrics
             if final:
-                m.trim(self.max_latency_samples)
+                m.flush()
             nodes[name] = {
                 "kind": w.spec.kind, "role": w.spec.role, "device": str(w.plan.device),
                 "metrics": m if final else None,

@@ -118,7 +118,7 @@ def assemble_report(spec: PipelineSpec, groups: dict[str, GroupRecord], failures
                                  "node_id": info.get("node_id"), "pid": info.get("pid"),
                                  "incarnation": group.current.number, "gpu_ids": info.get("gpu_ids")}
     report = build_report(spec.name, runs, failures, duration_s=duration_s, reason=reason,  # type: ignore[arg-type]
-                          warmup_frames=spec.warmup_frames, t_end_ns=t_end_ns, max_latency_samples=max_latency_samples)
+                          warmup_frames=spec.warmup_frames, t_end_ns=t_end_ns)
     nodes = {name: replace(n, placement=placements.get(name)) for name, n in report.nodes.items()}
     return replace(report, nodes=nodes)
 
