@@ -146,8 +146,13 @@ class LatencySeries:
         return int(self.sketch.count)
 
     def quantile_ns(self, q: float) -> float | None:
-        """The q-quantile (0..1), within the sketch's relative accuracy; None when empty."""
-        return self.sketch.get_quantile_value(q) if self.sketch.count else None
+        """The q-quantile (0..1), within the sketch's relative accuracy; None when empty. Clamped to
+        the exact minimum and maximum: a bin's representative value may lie just beyond them, and no
+        percentile can exceed the largest sample."""
+        if not self.sketch.count:
+            return None
+        value = self.sketch.get_quantile_value(q)
+        return min(max(value, self.sketch.min), self.sketch.max)
 
     def mean_ns(self) -> float | None:
         return self.sketch.avg if self.sketch.count else None
