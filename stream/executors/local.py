@@ -30,11 +30,10 @@ from typing import Any, Collection, Sequence
 from stream.clock import Clock, MonotonicClock
 from stream.executors.base import PipelineStartError
 from stream.executors.failures import FailureLog
-from stream.executors.local_flow import Dataflow, Worker
+from stream.executors.local_flow import Dataflow, Worker, set_up_worker
 from stream.executors.observe import CallObserver
 from stream.executors.reporting import NodeRun, build_report, build_snapshot, node_counters, stop_reason
 from stream.join import Joiner
-from stream.node import NodeContext
 from stream.placement import DevicePlacement
 from stream.plan import GraphPlan
 from stream.report import EdgeReport, RunReport
@@ -225,11 +224,7 @@ class LocalExecutor:
         for node_plan in plan.nodes.values():
             spec = node_plan.spec
             try:
-                node = spec.build()
-                worker = Worker(node_plan, node, warmup=self.spec.warmup_frames)
-                ctx = NodeContext(name=spec.name, device=worker.device, inputs=tuple(i.source for i in spec.inputs),
-                                  logger=logging.getLogger(f"costream.node.{spec.name}"))
-                node.setup(ctx)
+                worker = set_up_worker(node_plan, self.spec.warmup_frames)
             except Exception as exc:
                 self._teardown(list(reversed(done)))
                 raise PipelineStartError(f"pipeline {self.spec.name!r} cannot start: node {spec.name!r} "

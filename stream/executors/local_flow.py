@@ -26,7 +26,7 @@ from stream.frame import Frame, now_ns
 from stream.join import Joiner
 from stream.metrics import NodeMetrics
 from stream.sketch import FLUSH_AT
-from stream.node import FrameFailure, as_outputs
+from stream.node import FrameFailure, NodeContext, as_outputs
 from stream.placement import DevicePlacement
 from stream.plan import GraphPlan, NodePlan
 from stream.spec import ErrorPolicy
@@ -68,6 +68,18 @@ class Worker:
     def alive(self) -> bool:
         thread = (self.host or self).thread
         return thread is not None and thread.is_alive()
+
+
+
+def set_up_worker(node_plan: NodePlan, warmup: int) -> Worker:
+    """Build the node of `node_plan`, wrap it in its Worker and call its `setup()`: the same for every
+    executor (the local one in this process, the Ray one in each actor)."""
+    spec = node_plan.spec
+    node = spec.build()
+    worker = Worker(node_plan, node, warmup=warmup)
+    node.setup(NodeContext(name=spec.name, device=worker.device, inputs=tuple(i.source for i in spec.inputs),
+                           logger=logging.getLogger(f"costream.node.{spec.name}")))
+    return worker
 
 
 class Dataflow:

@@ -26,14 +26,13 @@ from stream.clock import MonotonicClock
 from stream.devices import Device
 from stream.executors.failures import FailureLog
 from stream.executors.local import _joined_part_dropped
-from stream.executors.local_flow import Dataflow, Worker
+from stream.executors.local_flow import Dataflow, Worker, set_up_worker
 from stream.executors.ray_direct import DirectInbox, DirectSender
 from stream.executors.ray_tickets import TicketDesk
 from stream.executors.ray_transport import INITIAL_BUFFER_BYTES, CallLink, ChannelLink, Receiver, Sender, from_call_args
 from stream.executors.reporting import node_counters
 from stream.frame import now_ns
 from stream.join import Joiner
-from stream.node import NodeContext
 from stream.placement import DevicePlacement
 from stream.plan import GraphPlan, NodePlan
 from stream.spec import QueuePolicy
@@ -86,11 +85,7 @@ class NodeGroupActor:
         for node_plan in nodes.values():
             spec = node_plan.spec
             try:
-                node = spec.build()
-                worker = Worker(node_plan, node, warmup=self.plan.spec.warmup_frames)
-                ctx = NodeContext(name=spec.name, device=worker.device, inputs=tuple(i.source for i in spec.inputs),
-                                  logger=logging.getLogger(f"costream.node.{spec.name}"))
-                node.setup(ctx)
+                worker = set_up_worker(node_plan, self.plan.spec.warmup_frames)
             except Exception as exc:
                 self._teardown(list(reversed(done)))
                 raise RuntimeError(f"node {spec.name!r} (kind {spec.kind!r}) failed in setup(): "
