@@ -10,6 +10,7 @@ ROUTER), `unfused` with one thread per node (three thread hand-offs per request)
     python benchmarks/zmq_roundtrip.py --quick    # a few seconds, to check it works
     python benchmarks/zmq_roundtrip.py --json out/zmq_roundtrip.json
     python benchmarks/zmq_roundtrip.py --runs 10  # ten independent runs (fresh processes each) and their median
+    python benchmarks/zmq_roundtrip.py --floor    # also a minimal Python server of the protocol: the bound
 
 On a small shared machine the raw echo itself moves by tens of percent between runs (process
 placement on the cores), so one run's ratio is one sample: `--runs` gives the spread.
@@ -44,6 +45,35 @@ PAYLOADS = {
 }
 GOAL_RATIO = 1.15
 VARIANTS = {"ours": ["--fuse", "identity,replies"], "unfused": ["--no-fuse"]}  # extra `costream serve` arguments
+FLOOR = "floor"  # --floor: the protocol alone, served by the least Python that can speak it
+
+# `--floor`: a ROUTER that speaks costream's protocol with the least Python possible (no pipeline, no
+# checks beyond orjson parsing the header, a RESULT header of the same fields, the received tensor
+# sent back), answered to the same Client. What it costs over the raw echo is what the protocol and
+# the client cost before any runtime work: the bound on how close `costream serve` could come.
+FLOOR_SERVER = """
+import sys, time, orjson, zmq
+from stream.zmq import protocol as P
+
+def serve(endpoint):
+    router = zmq.Context().socket(zmq.ROUTER)
+    router.bind(endpoint)
+    result = P.PREFIX.pack(P.MAGIC, P.VERSION, P.MSG_RESULT, 0)
+    while True:
+        peer, *parts = router.recv_multipart(copy=False)
+        header = orjson.loads(parts[0].bytes[8:])
+        t_reply = time.monotonic_ns()
+        reply = {"request_id": header.get("request_id"), "stream": header.get("stream"), "seq": header.get("seq"),
+                 "t_capture_ns": header.get("t_capture_ns"), "capture_clock": "server", "t_reply_ns": t_reply,
+                 "status": "ok", "error": None, "latency": {"total": (t_reply - header.get("t_capture_ns", t_reply)) / 1e6},
+                 "meta": {}, "tensors": header.get("tensors", []), "stats": {}}
+        router.send_multipart([peer, result + orjson.dumps(reply), *parts[1:]], copy=False)
+
+try:
+    serve(sys.argv[1])
+except KeyboardInterrupt:  # the benchmark stops every server with SIGINT
+    pass
+"""
 
 ECHO_SERVER = """
 import sys, zmq
@@ -108,10 +138,10 @@ def run(iterations: int, rounds: int, warmup: int, variants: dict[str, list[str]
     try:
         for name, extra in variants.items():
             endpoint = f"tcp://127.0.0.1:{free_port()}"
-            servers[name] = subprocess.Popen(
-                [sys.executable, "-c", "import sys; from stream.cli import main; sys.exit(main())", "serve",
-                 str(REPO / "pipelines" / "serve_passthrough.yaml"), "--endpoint", endpoint, *extra],
-                env=env, cwd=REPO)  # exactly what `costream serve` runs
+            command = ["-c", FLOOR_SERVER, endpoint] if name == FLOOR else [
+                "-c", "import sys; from stream.cli import main; sys.exit(main())", "serve",
+                str(REPO / "pipelines" / "serve_passthrough.yaml"), "--endpoint", endpoint, *extra]
+            servers[name] = subprocess.Popen([sys.executable, *command], env=env, cwd=REPO)  # exactly what `costream serve` runs
             clients[name] = Client(endpoint, timeout=30)
         for name, client in clients.items():
             wait_for_ours(client, servers[name])
@@ -189,12 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--unfused", action="store_true",
                         help="also measure the pipeline without operator chaining (one thread per node)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure a minimal Python server of the same protocol (no pipeline): the bound")
     parser.add_argument("--runs", type=int, default=1, help="independent runs (servers restarted for each)")
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     iterations, warmup = (60, 5) if args.quick else (args.iterations, 50)
     variants = VARIANTS if args.unfused else {"ours": VARIANTS["ours"]}
+    if args.floor:
+        variants = {**variants, FLOOR: []}
     runs = []
     for i in range(args.runs):
         runs.append(run(iterations, min(args.rounds, iterations), warmup, variants))

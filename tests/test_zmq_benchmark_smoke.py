@@ -15,16 +15,19 @@ from bench_loader import load_benchmark
 def test_quick_runs_aggregate_to_a_median(tmp_path, capsys):
     bench = load_benchmark("zmq_roundtrip")
     out = tmp_path / "zmq.json"
-    assert bench.main(["--quick", "--runs", "2", "--json", str(out)]) == 0
+    assert bench.main(["--quick", "--runs", "2", "--floor", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert len(data["runs"]) == 2 and set(data["results"]) == set(bench.PAYLOADS)
     for label, row in data["results"].items():
         ratios = sorted(run[label]["ours_ratio_p50"] for run in data["runs"])
         assert row["ours_ratio_p50"] == pytest.approx((ratios[0] + ratios[1]) / 2)
         assert row["n"] == 60 and row["raw_p50_us"] > 0
-        assert all(row[f"{side}_{where}_cpu_us"] > 0 for side in ("ours", "raw") for where in ("server", "client"))
+        assert all(row[f"{side}_{where}_cpu_us"] > 0 for side in ("ours", "floor", "raw")
+                   for where in ("server", "client"))
+        assert row["floor_p50_us"] > 0 and row["floor_ratio_p50"] > 0  # the minimal protocol server answered
     printed = capsys.readouterr().out
     assert "run 2/2" in printed and "runs meeting the goal" in printed and "CPU per request" in printed
+    assert "floor ratio" in printed
 
 
 @pytest.mark.slow
