@@ -67,23 +67,52 @@ class LatencySketch(BaseDDSketch):
         v = np.asarray(values, dtype=np.float64).ravel()
         if v.size == 0:
             return
+        lo, hi = float(v.min()), float(v.max())
         smallest = self._mapping.min_possible
-        pos = v[v > smallest]
-        neg = -v[v < -smallest]
-        for store, part in ((self._store, pos), (self._negative_store, neg)):
-            if part.size:
-                keys = (np.ceil(np.log2(part) * self._key_multiplier) + self._key_offset).astype(np.int64)
-                uniq, counts = np.unique(keys, return_counts=True)
-                for key, count in zip(uniq.tolist(), counts.tolist()):
-                    store.add(key, float(count))
-        self._zero_count += float(v.size - pos.size - neg.size)
+        if lo > smallest:  # the usual batch (latencies are positive): no sign masks
+            self._add_keys(self._store, self._keys(v))
+        else:
+            pos = v[v > smallest]
+            neg = -v[v < -smallest]
+            for store, part in ((self._store, pos), (self._negative_store, neg)):
+                if part.size:
+                    self._add_keys(store, self._keys(part))
+            self._zero_count += float(v.size - pos.size - neg.size)
         self._count += float(v.size)
         self._sum += float(v.sum())
-        lo, hi = float(v.min()), float(v.max())
         if lo < self._min:
             self._min = lo
         if hi > self._max:
             self._max = hi
+
+    def _keys(self, positive: np.ndarray) -> np.ndarray:
+        # LogarithmicMapping.key(v) == ceil(log2(v) * multiplier) + offset, vectorised
+        keys = np.log2(positive)
+        keys *= self._key_multiplier
+        np.ceil(keys, out=keys)
+        keys += self._key_offset
+        return keys.astype(np.int64)
+
+    @staticmethod
+    def _add_keys(store: CollapsingLowestDenseStore, keys: np.ndarray) -> None:
+        """What `store.add(key)` for every key, in increasing order, leaves (a Python call per distinct
+        key cost more than the rest of a flush): the lowest and highest keys go through `add`, which
+        grows the range and collapses the lowest bins as the library does; every key in between then
+        lies in the range, or below a collapsed store's range, where `add` puts it in the lowest bin
+        (index 0)."""
+        first = int(keys.min())
+        counts = np.bincount(keys - first)  # per key from `first` up (keys of one batch span few bins)
+        store.add(first, float(counts[0]))
+        if counts.size == 1:
+            return
+        store.add(first + counts.size - 1, float(counts[-1]))
+        present = np.flatnonzero(counts[1:-1]) + 1
+        if present.size:
+            index = np.maximum(present + (first - store.offset), 0)
+            bins = store.bins  # (a plain loop over the distinct bins; empty bins keep sharing one 0.0)
+            for i, count in zip(index.tolist(), counts[present].tolist()):
+                bins[i] += count
+            store.count += float(counts[present].sum())
 
     def bins(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, counts) of the non-empty bins in increasing order: each value stands for its bin

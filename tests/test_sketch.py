@@ -56,6 +56,22 @@ def test_the_batch_insert_bins_every_value_where_the_librarys_add_does(values):
         assert ours.get_quantile_value(q) == pytest.approx(theirs.get_quantile_value(q), rel=1e-12)
 
 
+@given(st.lists(st.lists(st.floats(min_value=1e-3, max_value=1e12), min_size=1, max_size=200), min_size=1, max_size=6),
+       st.sampled_from([8, 64, BIN_LIMIT]))
+def test_batches_leave_the_same_bins_as_adding_one_value_at_a_time(batches, bin_limit):
+    """Bin for bin, across batches, also once a small store collapses its lowest bins."""
+    ours, theirs = LatencySketch(bin_limit=bin_limit), LogCollapsingLowestDenseDDSketch(RELATIVE_ACCURACY, bin_limit)
+    for batch in batches:
+        ours.add_many(np.asarray(batch))
+        for v in batch:
+            theirs.add(v)
+    store, their_store = ours._store, theirs._store
+    ours_bins = {i + store.offset: c for i, c in enumerate(store.bins) if c}
+    their_bins = {i + their_store.offset: c for i, c in enumerate(their_store.bins) if c}
+    assert ours_bins == their_bins and store.count == their_store.count
+    assert store.is_collapsed == their_store.is_collapsed
+
+
 def test_warmup_samples_are_skipped_once_across_batches():
     series = LatencySeries(warmup=5)
     series.add_ns([10**12] * 3)
