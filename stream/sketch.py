@@ -11,9 +11,10 @@ is not:
   2048 bins of 0.5 % span a ratio of 8e8 between the smallest and the largest value (1 us to 13
   minutes); beyond that the lowest bins are merged, which blurs only the lowest quantiles.
 
-Workers append raw nanosecond deltas to a small `array('q')` buffer (the cheapest thing a hot path
-can do) and fold it into the sketch every `FLUSH_AT` samples with numpy (`LatencySeries.add_ns`),
-about 0.15 us per sample against 1.2 us for the library's per-value `add`.
+Workers append raw nanosecond deltas to an `array('q')` buffer (the cheapest thing a hot path can
+do) and fold it into the sketch every `FLUSH_AT` samples with numpy (`LatencySeries.add_ns`): about
+6 ns per sample on an idle core and 25 ns inside a busy 10-node pipeline, against 0.56 us for the
+library's per-value `add`. A flush costs ~25 us whatever its size, hence the large buffer.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ddsketch.store import CollapsingLowestDenseStore
 
 RELATIVE_ACCURACY = 0.005  # of every reported quantile (DDSketch's alpha)
 BIN_LIMIT = 2048  # bins per sign: 0.5 % bins over a 8e8 ratio of values
-FLUSH_AT = 1024  # raw samples a worker buffers before folding them into the sketch
+FLUSH_AT = 16384  # raw samples a worker buffers before folding them into the sketch
 
 
 class LatencySketch(BaseDDSketch):
@@ -95,24 +96,31 @@ class LatencySketch(BaseDDSketch):
 
     @staticmethod
     def _add_keys(store: CollapsingLowestDenseStore, keys: np.ndarray) -> None:
-        """What `store.add(key)` for every key, in increasing order, leaves (a Python call per distinct
-        key cost more than the rest of a flush): the lowest and highest keys go through `add`, which
-        grows the range and collapses the lowest bins as the library does; every key in between then
-        lies in the range, or below a collapsed store's range, where `add` puts it in the lowest bin
-        (index 0)."""
+        """What `store.add(key)` for every key, in increasing order, leaves (a Python call per key, or
+        even per distinct key, cost more than the rest of a flush): the lowest and highest keys go
+        through `add`, which grows the range and collapses the lowest bins as the library does; every
+        key in between then lies in the range, or below a collapsed store's range, where `add` puts
+        it in the lowest bin (index 0). The in-between counts are added to a slice of the bins at once."""
         first = int(keys.min())
         counts = np.bincount(keys - first)  # per key from `first` up (keys of one batch span few bins)
         store.add(first, float(counts[0]))
         if counts.size == 1:
             return
         store.add(first + counts.size - 1, float(counts[-1]))
-        present = np.flatnonzero(counts[1:-1]) + 1
-        if present.size:
-            index = np.maximum(present + (first - store.offset), 0)
-            bins = store.bins  # (a plain loop over the distinct bins; empty bins keep sharing one 0.0)
-            for i, count in zip(index.tolist(), counts[present].tolist()):
-                bins[i] += count
-            store.count += float(counts[present].sum())
+        middle = counts[1:-1]
+        if middle.size == 0:
+            return
+        store.count += float(middle.sum())
+        start = first + 1 - store.offset  # index of the first middle key in `store.bins`
+        if start < 0:  # keys below a collapsed range: the lowest bin holds them
+            below = min(-start, middle.size)
+            store.bins[0] += float(middle[:below].sum())
+            middle, start = middle[below:], 0
+        if middle.size:
+            end = start + middle.size
+            merged = np.asarray(store.bins[start:end], dtype=np.float64)
+            merged += middle
+            store.bins[start:end] = merged.tolist()
 
     def bins(self) -> tuple[np.ndarray, np.ndarray]:
         """(values, counts) of the non-empty bins in increasing order: each value stands for its bin
