@@ -192,18 +192,27 @@ class Dataflow:
         queue_ns = m.queue_ns
         batch = worker.max_batch
         prepare = self._prepare if self.any_cuda else None
-        call_one, call_many = self._call_one, self._call_many
+        call_one, call_many, finish = self._call_one, self._call_many, self._finish
         now = self.now
         one_by_one = joiner is None and batch == 1 and prepare is None
+        process = worker.node.process
         while True:
-            if one_by_one:  # the fast path: one frame at a time, no device moves
+            if one_by_one:  # the fast path: one frame at a time, no device moves (`_call_one`, inline)
                 item = inbox.get_one()  # type: ignore[union-attr]
                 if item is None:
                     return
                 t = now()
                 queue_ns.append(t - item[1])
                 m.frames_in += 1
-                ok = call_one(worker, item[0], t)
+                if m.t_first == 0:
+                    m.t_first = t
+                frame = item[0]
+                try:
+                    result = process(frame)
+                except Exception as exc:
+                    ok = self._fail(worker, frame, exc)
+                else:
+                    ok = finish(worker, (frame,), result, t)
             else:
                 got = self._take_joined(worker) if joiner is not None else self._take(worker, batch, prepare)
                 if got is None:
