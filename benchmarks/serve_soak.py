@@ -31,6 +31,7 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from stream.sketch import FLUSH_AT  # noqa: E402
 from stream.zmq import protocol as P  # noqa: E402
 
 WINDOW = 32  # requests in flight (the Python client's default pacing)
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.requests < 1:
         parser.error("--requests must be at least 1")
     n = 20_000 if args.quick else args.requests
-    results = run(n, warmup=min(5_000, n))
+    # warm-up: every latency buffer of the runtime fills to its cap (FLUSH_AT samples) before RSS is read
+    results = run(n, warmup=min(max(5_000, FLUSH_AT), n))
     report(results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
