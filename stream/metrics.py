@@ -108,7 +108,7 @@ class LatencyStats:
         if series.count == 0:
             return cls(0, series.skipped, None, None, None, None, None, None, None)
         sketch = series.sketch
-        p50, p90, p99, p999 = (sketch.get_quantile_value(p / 100.0) / 1e6 for p in PERCENTILES)
+        p50, p90, p99, p999 = (series.quantile_ns(p / 100.0) / 1e6 for p in PERCENTILES)  # clamped to min/max
         return cls(series.count, series.skipped, sketch.avg / 1e6, p50, p90, p99, p999,
                    sketch.max / 1e6, sketch.min / 1e6)
 

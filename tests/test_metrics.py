@@ -27,6 +27,13 @@ def test_percentiles_skip_the_warmup_and_match_numpy_within_the_sketch_accuracy(
     assert stats.mean_ms == pytest.approx(ms.mean(), rel=1e-12)
 
 
+def test_percentiles_never_exceed_the_exact_maximum_nor_undercut_the_minimum():
+    """A bin's representative value may lie beyond the samples in it: the stats are clamped."""
+    for top in range(1_000_000, 1_010_000, 7):  # some of these sit low in their bin, some high
+        stats = LatencyStats.from_ns([top - 500_000] * 10 + [top])
+        assert stats.min_ms <= stats.p50_ms and stats.p99_9_ms <= stats.max_ms == top / 1e6
+
+
 def test_empty_or_all_warmup_series_has_no_percentiles():
     stats = LatencyStats.from_ns(array("q", [1, 2, 3]), warmup=10)
     assert (stats.count, stats.skipped, stats.p50_ms, stats.max_ms) == (0, 3, None, None)
