@@ -3,8 +3,8 @@
 Workers append monotonic-ns deltas to small `array('q')` buffers and bump plain int counters; every
 `FLUSH_AT` samples the worker folds a buffer into its series' quantile sketch (`stream.sketch`:
 DDSketch, 0.5 % relative accuracy on every percentile, exact count/mean/min/max), skipping the
-series' first `warmup` samples. Memory per node is a few buffers of `FLUSH_AT` (16,384) samples (128 KiB each) plus the sketches'
-bins, however long the run. Counters are written by one worker thread each and read by
+series' first `warmup` samples. Memory per node is a few buffers of `FLUSH_AT` (16,384) samples,
+128 KiB each, plus the sketches' bins, however long the run. Counters are written by one worker thread each and read by
 `LocalExecutor.snapshot()` from any thread: every value read is a consistent int, and the snapshot as
 a whole is a near-instant view, not an atomic cut.
 """

@@ -313,15 +313,6 @@ class Dataflow:
             for observer in self.observers:  # after the metrics: an observer may let the next frame in
                 observer.called(worker.name, inputs, (), t0, t1)
             return True
-        if result.__class__ is Frame and not self.observers and worker.cuda_stream is None:
-            # one frame out, nobody observing, no device events (the common case, without the loops)
-            if worker.completes_inputs:
-                ticket = inputs[0].ticket
-                if len(inputs) != 1 or (ticket is not None and result.ticket is not ticket):
-                    self._complete_unanswered(worker, inputs, (result,))
-            m.frames_out += 1
-            self._emit(worker, result, t1)
-            return True
         if result.__class__ is Frame:
             out: Any = (result,)
         else:
@@ -371,14 +362,7 @@ class Dataflow:
                 cm = consumer.metrics
                 cm.queue_ns.append(t - t_ns)
                 cm.frames_in += 1
-                if cm.t_first == 0:  # `_call_one`, inline (a fused node never batches: max_batch 1)
-                    cm.t_first = t
-                try:
-                    result = consumer.node.process(stamped)
-                except Exception as exc:
-                    self._fail(consumer, stamped, exc)
-                else:
-                    self._finish(consumer, (stamped,), result, t)
+                self._call_one(consumer, stamped, t)  # a fused node never batches (max_batch 1)
                 if len(cm.queue_ns) >= FLUSH_AT:
                     cm.flush()
             return

@@ -97,7 +97,7 @@ class ZmqSink(Sink):
                 self._count("unroutable")
                 raise ValueError(f"zmq_sink {self.name!r} (reply mode) got frame {frame.key} without a request to "
                                  "answer; its input must come from a zmq_source in router mode")
-            if ticket.result(self.context.name, frame, result_parts(frame, encodings, p.jpeg_quality)):
+            if ticket.result(self.name, frame, result_parts(frame, encodings, p.jpeg_quality)):
                 self._sent += 1
             else:  # answered already (a timeout, or another output for the same request)
                 self._count("replies_late")
